@@ -1,0 +1,51 @@
+"""Named errors raised by recon_plugin.
+
+Every error a scanner operator can meet derives from :class:`ReconError` and
+carries a message that says what was wrong and what to do about it.
+"""
+
+from __future__ import annotations
+
+
+class ReconError(Exception):
+    """Base class of every error the plugin raises on purpose."""
+
+
+class InvalidInputError(ReconError, ValueError):
+    """Input data are malformed: wrong shapes, wrong dtype, or inconsistent."""
+
+
+class NonFiniteDataError(InvalidInputError):
+    """Input contains NaN or infinite values."""
+
+
+class ShapeMismatchError(InvalidInputError):
+    """Two arrays that must agree in shape do not."""
+
+
+class EmptyMaskError(InvalidInputError):
+    """A sampling mask selects no k-space points."""
+
+
+class MaskSpecError(ReconError, ValueError):
+    """A sampling-mask request cannot be met (e.g. acceleration < 1)."""
+
+
+class CoilMapError(ReconError):
+    """Coil sensitivities could not be estimated from the data."""
+
+
+class BundleError(ReconError):
+    """A model bundle is missing, tampered, truncated or inconsistent."""
+
+
+class BundleIntegrityError(BundleError):
+    """The weights file does not match the sha256 recorded in its sidecar."""
+
+
+class BundleMismatchError(BundleError):
+    """The weights do not fit the architecture the sidecar describes."""
+
+
+class DeviceError(ReconError, RuntimeError):
+    """The requested compute device is not available."""

@@ -1,0 +1,64 @@
+"""The ResNet proximal G of RGANCS: residual blocks then a 1x1 convolutional head."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+OutputActivation = Literal["linear", "sigmoid", "tanh"]
+
+
+class ResidualBlock(nn.Module):
+    """Pre-activation residual block: (BN, ReLU, 3x3 conv) twice, identity skip."""
+
+    def __init__(self, features: int) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(features)
+        self.conv1 = nn.Conv2d(features, features, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(features)
+        self.conv2 = nn.Conv2d(features, features, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(torch.relu(self.bn1(x)))
+        h = self.conv2(torch.relu(self.bn2(h)))
+        return x + h
+
+
+class ResNetProximal(nn.Module):
+    """G: 1x1 projection to ``features`` maps, ``blocks`` residual blocks, three 1x1 convs.
+
+    The head is conv1x1-ReLU-conv1x1-ReLU-conv1x1 followed by the output
+    activation: "linear" for complex MR in two channels (real, imaginary),
+    "sigmoid" for [0, 1] magnitude images as in the paper's text.
+    """
+
+    def __init__(
+        self,
+        channels: int = 2,
+        features: int = 128,
+        blocks: int = 1,
+        output_activation: OutputActivation = "linear",
+    ) -> None:
+        super().__init__()
+        self.project = nn.Conv2d(channels, features, 1)
+        self.blocks = nn.Sequential(*(ResidualBlock(features) for _ in range(blocks)))
+        self.head = nn.Sequential(
+            nn.Conv2d(features, features, 1),
+            nn.ReLU(),
+            nn.Conv2d(features, features, 1),
+            nn.ReLU(),
+            nn.Conv2d(features, channels, 1),
+        )
+        self.output_activation = output_activation
+        if output_activation not in ("linear", "sigmoid", "tanh"):
+            raise ValueError(f"unknown output activation {output_activation!r}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.head(self.blocks(self.project(x)))
+        if self.output_activation == "sigmoid":
+            return torch.sigmoid(out)
+        if self.output_activation == "tanh":
+            return torch.tanh(out)
+        return out

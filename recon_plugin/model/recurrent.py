@@ -1,0 +1,95 @@
+"""RecurrentProximalNet: K copies of the ResNet proximal, each followed by data consistency."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Literal, Protocol
+
+import torch
+from torch import nn
+
+from ..physics import channels_to_complex, complex_to_channels
+from .proximal import OutputActivation, ResNetProximal
+
+DataConsistency = Literal["gradient", "exact"]
+
+
+class ForwardModel(Protocol):
+    """What the network needs of an operator (SenseOperator, SuperResolutionOperator)."""
+
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor: ...
+
+    def gradient_step(self, x: torch.Tensor, y: torch.Tensor, alpha: torch.Tensor | float) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of a RecurrentProximalNet; stored in every bundle's sidecar."""
+
+    copies: int = 10
+    blocks: int = 1
+    features: int = 128
+    shared: bool = True
+    data_consistency: DataConsistency = "gradient"
+    channels: int = 2
+    output_activation: OutputActivation = "linear"
+
+    def __post_init__(self) -> None:
+        if self.copies < 1 or self.blocks < 0 or self.features < 1:
+            raise ValueError(f"copies, features must be >= 1 and blocks >= 0, got {self}")
+        if self.data_consistency not in ("gradient", "exact"):
+            raise ValueError(f"data_consistency must be 'gradient' or 'exact', got {self.data_consistency!r}")
+        if self.channels not in (1, 2):
+            raise ValueError(f"channels must be 1 (magnitude) or 2 (real, imaginary), got {self.channels}")
+
+    def to_dict(self) -> dict:
+        """Plain dict for JSON."""
+        return asdict(self)
+
+
+class RecurrentProximalNet(nn.Module):
+    """x_0 = A^H y; x_{k+1} = DC_k(G_k(x_k)) for k < copies; returns x_K and every x_k.
+
+    ``shared``: one G for all copies (recurrent); otherwise one G per copy.
+    ``data_consistency``: "gradient" is z + alpha_k A^H (y - A z) with a learned
+    step per copy; "exact" replaces the sampled k-space of z by y.
+    """
+
+    def __init__(self, config: ModelConfig | None = None, **overrides: object) -> None:
+        super().__init__()
+        base = config or ModelConfig()
+        self.config = ModelConfig(**{**base.to_dict(), **overrides}) if overrides else base
+        c = self.config
+        count = 1 if c.shared else c.copies
+        self.proximals = nn.ModuleList(
+            ResNetProximal(c.channels, c.features, c.blocks, c.output_activation) for _ in range(count)
+        )
+        self.alpha = nn.Parameter(torch.ones(c.copies)) if c.data_consistency == "gradient" else None
+
+    def proximal(self, k: int) -> ResNetProximal:
+        """The G used by copy ``k``."""
+        return self.proximals[0 if self.config.shared else k]
+
+    def _to_net(self, x: torch.Tensor) -> torch.Tensor:
+        return complex_to_channels(x) if self.config.channels == 2 else x.real.unsqueeze(1)
+
+    def _from_net(self, x: torch.Tensor) -> torch.Tensor:
+        return channels_to_complex(x) if self.config.channels == 2 else x[:, 0].float()
+
+    def forward(
+        self, y: torch.Tensor, op: ForwardModel, x0: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Reconstruct from measurements ``y``; returns (final image, outputs of every copy)."""
+        x = op.adjoint(y) if x0 is None else x0
+        outputs: list[torch.Tensor] = []
+        for k in range(self.config.copies):
+            z = self._from_net(self.proximal(k)(self._to_net(x)))
+            if self.alpha is not None:
+                x = op.gradient_step(z, y, self.alpha[k])
+            else:
+                replace = getattr(op, "replace_sampled", None)
+                if replace is None:
+                    raise TypeError(f"{type(op).__name__} has no exact data consistency; use 'gradient'")
+                x = replace(z, y)
+            outputs.append(x)
+        return x, outputs

@@ -1,0 +1,209 @@
+"""Forward models: the centred orthonormal FFT pair, SENSE, and 4x4 super-resolution.
+
+This is the one forward model of the project: training, the networks' data
+consistency, the reconstructors and the metrics all use these operators.
+Images are complex64 tensors [batch, ny, nx]; multi-coil k-space is
+[batch, coils, ny, nx]. Network tensors are real [batch, 2, ny, nx].
+"""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import EmptyMaskError, InvalidInputError, NonFiniteDataError, ShapeMismatchError
+
+ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
+
+_DIMS = (-2, -1)
+
+
+def fft2c(x: ArrayT) -> ArrayT:
+    """Centred orthonormal 2D FFT over the last two axes (numpy or torch)."""
+    if isinstance(x, torch.Tensor):
+        x = torch.fft.ifftshift(x, dim=_DIMS)
+        return torch.fft.fftshift(torch.fft.fft2(x, dim=_DIMS, norm="ortho"), dim=_DIMS)
+    x = np.fft.ifftshift(x, axes=_DIMS)
+    out = np.fft.fftshift(np.fft.fft2(x, axes=_DIMS, norm="ortho"), axes=_DIMS)
+    return out.astype(np.result_type(x.dtype, np.complex64), copy=False)
+
+
+def ifft2c(k: ArrayT) -> ArrayT:
+    """Centred orthonormal 2D inverse FFT over the last two axes (numpy or torch)."""
+    if isinstance(k, torch.Tensor):
+        k = torch.fft.ifftshift(k, dim=_DIMS)
+        return torch.fft.fftshift(torch.fft.ifft2(k, dim=_DIMS, norm="ortho"), dim=_DIMS)
+    k = np.fft.ifftshift(k, axes=_DIMS)
+    out = np.fft.fftshift(np.fft.ifft2(k, axes=_DIMS, norm="ortho"), axes=_DIMS)
+    return out.astype(np.result_type(k.dtype, np.complex64), copy=False)
+
+
+def complex_to_channels(x: torch.Tensor) -> torch.Tensor:
+    """Complex [batch, ny, nx] -> real [batch, 2, ny, nx] (real, imaginary)."""
+    return torch.stack((x.real, x.imag), dim=1)
+
+
+def channels_to_complex(x: torch.Tensor) -> torch.Tensor:
+    """Real [batch, 2, ny, nx] -> complex64 [batch, ny, nx]."""
+    if x.ndim != 4 or x.shape[1] != 2:
+        raise ShapeMismatchError(f"expected a [batch, 2, ny, nx] tensor, got {tuple(x.shape)}")
+    return torch.complex(x[:, 0].float(), x[:, 1].float())
+
+
+def check_finite(name: str, x: np.ndarray | torch.Tensor) -> None:
+    """Raise NonFiniteDataError when ``x`` holds NaN or infinite values."""
+    finite = torch.isfinite(x).all() if isinstance(x, torch.Tensor) else np.isfinite(x).all()
+    if not bool(finite):
+        raise NonFiniteDataError(
+            f"{name} contains NaN or infinite values; check the acquisition or the file it came from"
+        )
+
+
+class SenseOperator:
+    """SENSE forward model A x = M F (S x) for a batch of 2D slices.
+
+    ``mask`` is boolean [ny, nx] or [batch, ny, nx]; ``maps`` is complex
+    [batch, coils, ny, nx] or [coils, ny, nx] (shared by the batch) or None for
+    single coil (maps of ones). Forward maps images [batch, ny, nx] to masked
+    k-space [batch, coils, ny, nx]; adjoint goes back; normal is A^H A.
+    """
+
+    def __init__(self, mask: torch.Tensor, maps: torch.Tensor | None = None) -> None:
+        if mask.ndim not in (2, 3):
+            raise ShapeMismatchError(f"mask must be [ny, nx] or [batch, ny, nx], got {tuple(mask.shape)}")
+        mask = mask.to(torch.bool)
+        if not bool(mask.reshape(-1, *mask.shape[-2:]).flatten(1).any(1).all()):
+            raise EmptyMaskError("the sampling mask selects no k-space point; nothing to reconstruct")
+        if maps is not None:
+            if maps.ndim == 3:
+                maps = maps.unsqueeze(0)
+            if maps.ndim != 4:
+                raise ShapeMismatchError(
+                    f"coil maps must be [coils, ny, nx] or [batch, coils, ny, nx], got {tuple(maps.shape)}"
+                )
+            if maps.shape[-2:] != mask.shape[-2:]:
+                raise ShapeMismatchError(
+                    f"coil maps are {tuple(maps.shape[-2:])} in-plane but the mask is "
+                    f"{tuple(mask.shape[-2:])}"
+                )
+            check_finite("coil maps", maps)
+            maps = maps.to(torch.complex64)
+        self.mask = mask
+        self.maps = maps
+        self._weight = mask.to(torch.float32)  # 0/1 multiplier, broadcast over coils
+        if self._weight.ndim == 3:
+            self._weight = self._weight.unsqueeze(1)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """In-plane matrix (ny, nx)."""
+        return tuple(self.mask.shape[-2:])  # type: ignore[return-value]
+
+    @property
+    def coils(self) -> int:
+        """Number of receive coils (1 without maps)."""
+        return 1 if self.maps is None else int(self.maps.shape[1])
+
+    def to(self, device: torch.device | str) -> SenseOperator:
+        """Return the operator with its tensors on ``device``."""
+        maps = None if self.maps is None else self.maps.to(device)
+        return SenseOperator(self.mask.to(device), maps)
+
+    def coil_images(self, x: torch.Tensor) -> torch.Tensor:
+        """S x: [batch, ny, nx] -> [batch, coils, ny, nx]."""
+        x = x.unsqueeze(1)
+        return x if self.maps is None else x * self.maps
+
+    def coil_combine(self, c: torch.Tensor) -> torch.Tensor:
+        """S^H c: [batch, coils, ny, nx] -> [batch, ny, nx]."""
+        if self.maps is None:
+            return c[:, 0]
+        return (c * self.maps.conj()).sum(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """A x: image [batch, ny, nx] -> masked k-space [batch, coils, ny, nx]."""
+        self._check_image(x)
+        return fft2c(self.coil_images(x)) * self._weight
+
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        """A^H y: k-space [batch, coils, ny, nx] -> image [batch, ny, nx]."""
+        if y.ndim != 4 or y.shape[-2:] != self.mask.shape[-2:] or y.shape[1] != self.coils:
+            raise ShapeMismatchError(
+                f"k-space is {tuple(y.shape)} but the operator expects [batch, {self.coils}, "
+                f"{self.shape[0]}, {self.shape[1]}]"
+            )
+        return self.coil_combine(ifft2c(y * self._weight))
+
+    def normal(self, x: torch.Tensor) -> torch.Tensor:
+        """A^H A x."""
+        return self.adjoint(self.forward(x))
+
+    def gradient_step(self, x: torch.Tensor, y: torch.Tensor, alpha: torch.Tensor | float) -> torch.Tensor:
+        """x + alpha A^H (y - A x): one gradient step on ||y - A x||^2 / 2."""
+        return x + alpha * self.adjoint(y - self.forward(x))
+
+    def replace_sampled(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Exact data consistency: coil k-space of x with the sampled points replaced by y.
+
+        For single coil the result's sampled k-space equals y exactly. For
+        several coils the coil images are combined with the maps, which is the
+        projection when the maps are normalised (sum_c |S_c|^2 = 1).
+        """
+        k = fft2c(self.coil_images(x))
+        k = k * (1.0 - self._weight) + y * self._weight
+        return self.coil_combine(ifft2c(k))
+
+    def _check_image(self, x: torch.Tensor) -> None:
+        if x.ndim != 3 or tuple(x.shape[-2:]) != self.shape:
+            raise ShapeMismatchError(
+                f"image is {tuple(x.shape)} but the operator expects [batch, {self.shape[0]}, {self.shape[1]}]"
+            )
+
+
+class SuperResolutionOperator:
+    """Average over k x k blocks with stride k (default 4x4) and its adjoint.
+
+    Works on real or complex tensors [..., ny, nx] with ny, nx multiples of k.
+    """
+
+    def __init__(self, kernel: int = 4) -> None:
+        if kernel < 1:
+            raise InvalidInputError(f"kernel size must be >= 1, got {kernel}")
+        self.kernel = int(kernel)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Block average: [..., ny, nx] -> [..., ny/k, nx/k]."""
+        k = self.kernel
+        ny, nx = x.shape[-2:]
+        if ny % k or nx % k:
+            raise ShapeMismatchError(f"image {ny}x{nx} is not a multiple of the {k}x{k} kernel")
+        if x.is_complex():
+            return torch.complex(self.forward(x.real), self.forward(x.imag))
+        lead = x.shape[:-2]
+        out = F.avg_pool2d(x.reshape(-1, 1, ny, nx), k, stride=k)
+        return out.reshape(*lead, ny // k, nx // k)
+
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        """Adjoint of the block average: spread each value over its block, divided by k^2."""
+        k = self.kernel
+        if y.is_complex():
+            return torch.complex(self.adjoint(y.real), self.adjoint(y.imag))
+        return y.repeat_interleave(k, dim=-2).repeat_interleave(k, dim=-1) / (k * k)
+
+    def normal(self, x: torch.Tensor) -> torch.Tensor:
+        """A^H A x."""
+        return self.adjoint(self.forward(x))
+
+    def gradient_step(self, x: torch.Tensor, y: torch.Tensor, alpha: torch.Tensor | float) -> torch.Tensor:
+        """x + alpha A^H (y - A x)."""
+        return x + alpha * self.adjoint(y - self.forward(x))
+
+    def approximate_inverse(self, y: torch.Tensor, steps: int = 5, step: float = 0.1) -> torch.Tensor:
+        """Network input for super-resolution: ``steps`` gradient steps from A^H y (the paper's 5, 0.1)."""
+        x = self.adjoint(y)
+        for _ in range(steps):
+            x = self.gradient_step(x, y, step)
+        return x
