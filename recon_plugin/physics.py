@@ -86,8 +86,7 @@ class SenseOperator:
                 )
             if maps.shape[-2:] != mask.shape[-2:]:
                 raise ShapeMismatchError(
-                    f"coil maps are {tuple(maps.shape[-2:])} in-plane but the mask is "
-                    f"{tuple(mask.shape[-2:])}"
+                    f"coil maps are {tuple(maps.shape[-2:])} in-plane but the mask is {tuple(mask.shape[-2:])}"
                 )
             check_finite("coil maps", maps)
             maps = maps.to(torch.complex64)

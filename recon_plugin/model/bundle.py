@@ -30,8 +30,17 @@ FORMAT_VERSION = 1
 SIDECAR = "bundle.json"
 WEIGHTS = "weights.safetensors"
 DEFAULT_NORMALISATION = {"kind": "percentile", "percentile": 99.0}
-_REQUIRED = ("format", "format_version", "model", "normalisation", "mask", "training_data",
-             "package_version", "weights_file", "weights_sha256")
+_REQUIRED = (
+    "format",
+    "format_version",
+    "model",
+    "normalisation",
+    "mask",
+    "training_data",
+    "package_version",
+    "weights_file",
+    "weights_sha256",
+)
 
 
 def sha256_file(path: Path) -> str:
