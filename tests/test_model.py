@@ -81,7 +81,7 @@ def test_super_resolution_magnitude_model(rng):
     net = RecurrentProximalNet(copies=2, blocks=1, features=8, channels=1, output_activation="sigmoid")
     op = SuperResolutionOperator(4)
     y = torch.rand(2, 8, 8)
-    x, outputs = net(y, op)
+    x, _ = net(y, op)
     assert x.shape == (2, 32, 32) and not x.is_complex()
 
 
