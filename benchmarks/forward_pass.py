@@ -25,7 +25,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1)
     args = parser.parse_args()
     net = RecurrentProximalNet(ModelConfig(copies=args.copies, blocks=args.blocks, features=args.features)).eval()
-    mask = torch.from_numpy(make_mask("radial", (args.ny, args.nx), 5.0).mask)
+    mask = torch.from_numpy(make_mask("radial", (args.ny, args.nx), 5.0).mask.copy())
     op = SenseOperator(mask)
     x = torch.randn(args.batch, args.ny, args.nx, dtype=torch.complex64)
     y = fft2c(x).unsqueeze(1) * mask

@@ -129,9 +129,7 @@ def _check_acceleration(acceleration: float) -> float:
     except (TypeError, ValueError):
         raise MaskSpecError(f"acceleration must be a number, got {acceleration!r}") from None
     if not math.isfinite(acc) or acc < 1.0:
-        raise MaskSpecError(
-            f"acceleration must be a finite number >= 1 (1 = fully sampled), got {acceleration!r}"
-        )
+        raise MaskSpecError(f"acceleration must be a finite number >= 1 (1 = fully sampled), got {acceleration!r}")
     return acc
 
 
@@ -170,8 +168,7 @@ def _resolve_calib(calib: Calib, shape: tuple[int, int], target: int) -> tuple[i
         raise MaskSpecError(f"calibration size must be >= 0, got {size}")
     if size[0] > ny or size[1] > nx:
         raise MaskSpecError(
-            f"calibration region {size[0]}x{size[1]} is larger than the {ny}x{nx} grid; "
-            "choose a smaller calib"
+            f"calibration region {size[0]}x{size[1]} is larger than the {ny}x{nx} grid; choose a smaller calib"
         )
     if 0 in size:
         return (0, 0)
@@ -528,9 +525,7 @@ def variable_density_lines(
     else:
         n_cal = _resolve_calib(calib, (ny, nx), k)[0]
     if n_cal < 0 or n_cal > ny:
-        raise MaskSpecError(
-            f"calibration of {n_cal} lines does not fit {ny} ky lines; choose 0..{ny}"
-        )
+        raise MaskSpecError(f"calibration of {n_cal} lines does not fit {ny} ky lines; choose 0..{ny}")
     _check_budget(n_cal, k, ny, acc, "ky lines")
 
     rng = np.random.default_rng(seed)
@@ -583,9 +578,7 @@ _ORDER_COLOURS = np.array(  # dark blue -> cyan -> yellow -> red, for early -> l
 
 def _order_colours(t: np.ndarray) -> np.ndarray:
     anchors = np.linspace(0.0, 1.0, len(_ORDER_COLOURS))
-    return np.stack(
-        [np.interp(t, anchors, _ORDER_COLOURS[:, c]) for c in range(3)], axis=-1
-    ).astype(np.uint8)
+    return np.stack([np.interp(t, anchors, _ORDER_COLOURS[:, c]) for c in range(3)], axis=-1).astype(np.uint8)
 
 
 def _preview(result: MaskResult) -> Image.Image:

@@ -141,9 +141,7 @@ def test_line_density_falls_with_abs_ky(shape, acceleration):
     edges = np.linspace(0.0, 1.0 + 1e-9, 5)
     for seed in (0, 1, 2):
         lines = variable_density_lines(shape, acceleration, seed=seed).mask[:, 0]
-        fractions = np.array(
-            [lines[(dist >= a) & (dist < b)].mean() for a, b in itertools.pairwise(edges)]
-        )
+        fractions = np.array([lines[(dist >= a) & (dist < b)].mean() for a, b in itertools.pairwise(edges)])
         assert np.all(np.diff(fractions) <= 0), fractions
         assert fractions[0] > 3 * fractions[-1] > 0, fractions
 

@@ -10,6 +10,7 @@ from recon_plugin.model import ModelConfig, RecurrentProximalNet, load_bundle
 from recon_plugin.reconstructors.rgancs import robust_scale
 from training.data import SimulatedSlices
 from training.losses import data_fidelity, lsgan_discriminator, lsgan_generator, pixel_loss
+from training.model_card import write_model_card
 from training.pixel_fit import PixelFitSettings, fit_pixel
 
 
@@ -19,7 +20,7 @@ def blobs(n: int, size: int = 32, seed: int = 0) -> np.ndarray:
     out = np.zeros((n, size, size), np.float32)
     for i in range(n):
         for _ in range(3):
-            cy, cx, r = rng.uniform(8, size - 8, 2).tolist() + [rng.uniform(3, 7)]
+            cy, cx, r = [*rng.uniform(8, size - 8, 2).tolist(), rng.uniform(3, 7)]
             out[i] += ((yy - cy) ** 2 + (xx - cx) ** 2 < r**2) * rng.uniform(0.3, 1)
     return out
 
@@ -57,3 +58,6 @@ def test_short_fit_learns_and_writes_a_bundle(tmp_path):
     assert bundle.sidecar["mask"]["family"] == "radial"
     assert bundle.sidecar["validation"]["snr_db"] == pytest.approx(metrics["snr_db"])
     assert isinstance(bundle.model, RecurrentProximalNet)
+    card = write_model_card(tmp_path / "b", data_terms="synthetic blobs").read_text()
+    assert bundle.sha256 in card and "synthetic blobs" in card
+    assert f"{metrics['snr_db']:.2f}" in card and f"{metrics['zero_filled_snr_db']:.2f}" in card

@@ -14,6 +14,17 @@ from recon_plugin.model import ModelConfig
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train RGANCS model bundles.")
 console = Console()
 
+COLIN_TERMS = (
+    "Colin27 T1 template from Debian's mricron-data, BSD-3-Clause (Copyright 2006-2010 Chris Rorden); "
+    "cite Holmes et al., J Comput Assist Tomogr 22(2):324-333, 1998."
+)
+DEMO_NOTES = (
+    "A small model for the CPU demo, trained with the pixel loss only (no GAN) on 26 slices of one "
+    "subject with simulated single-coil k-space and a synthetic smooth phase, validated on 4 held-out "
+    "slices of the same subject. It shows the method working end to end; it is not a clinical model and "
+    "says nothing about other anatomy, contrasts or coil arrays."
+)
+
 
 @app.callback()
 def _root() -> None:
@@ -34,6 +45,7 @@ def demo_bundle(
     """Train the small CPU demo bundle on the bundled Colin27 slices (pixel loss, radial mask at 5x)."""
     from recon_plugin.sample_data import COLIN_FILE, load_colin_slices, split_held_out
 
+    from .model_card import write_model_card
     from .pixel_fit import PixelFitSettings, fit_pixel
 
     train, val = split_held_out(load_colin_slices())
@@ -45,6 +57,7 @@ def demo_bundle(
         model=ModelConfig(copies=copies, blocks=blocks, features=features),
     )
     metrics = fit_pixel(train, val, settings, out, source=f"{COLIN_FILE.name} (Colin27 T1, BSD-3-Clause)")
+    write_model_card(out, data_terms=COLIN_TERMS, notes=DEMO_NOTES)
     console.print(metrics)
     console.print(f"wrote {out}")
 

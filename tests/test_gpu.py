@@ -1,0 +1,42 @@
+"""CUDA checks; they skip (with the reason in pytest's summary) on machines without a GPU."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from recon_plugin.model import ModelConfig, RecurrentProximalNet, save_bundle
+from recon_plugin.physics import SenseOperator
+from recon_plugin.reconstructors import RGANCS
+from recon_plugin.simulate import simulate_problem, simulated_coil_maps, with_smooth_phase
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine"),
+]
+
+
+def test_sense_adjoint_on_cuda():
+    g = torch.Generator(device="cuda").manual_seed(0)
+    mask = torch.rand(2, 64, 48, device="cuda", generator=g) < 0.3
+    maps = torch.randn(2, 4, 64, 48, dtype=torch.complex64, device="cuda", generator=g)
+    op = SenseOperator(mask, maps)
+    x = torch.randn(2, 64, 48, dtype=torch.complex64, device="cuda", generator=g)
+    y = torch.randn(2, 4, 64, 48, dtype=torch.complex64, device="cuda", generator=g)
+    lhs = torch.vdot(op.forward(x).flatten(), y.flatten())
+    rhs = torch.vdot(x.flatten(), op.adjoint(y).flatten())
+    assert abs(lhs - rhs) / abs(lhs) < 1e-5
+
+
+def test_rgancs_cuda_matches_cpu(tmp_path):
+    save_bundle(RecurrentProximalNet(ModelConfig(copies=3, features=16)), tmp_path / "b", mask={}, training_data={})
+    rng = np.random.default_rng(0)
+    img = np.zeros((64, 48), np.float32)
+    img[10:-10, 8:-8] = 1
+    mask = rng.random((64, 48)) < 0.3
+    problem = simulate_problem(with_smooth_phase(img, rng), mask, simulated_coil_maps((64, 48), 4))
+    cpu = RGANCS(tmp_path / "b", device="cpu").reconstruct(problem)
+    gpu = RGANCS(tmp_path / "b", device="cuda").reconstruct(problem)
+    assert gpu.meta["device"].startswith("cuda")
+    assert np.abs(gpu.image - cpu.image).max() <= 1e-3 * np.abs(cpu.image).max()
