@@ -49,3 +49,23 @@ class BundleMismatchError(BundleError):
 
 class DeviceError(ReconError, RuntimeError):
     """The requested compute device is not available."""
+
+
+class IsmrmrdFormatError(InvalidInputError):
+    """An ISMRMRD file, header or stream is malformed, truncated or lacks required fields."""
+
+
+class EncodingError(InvalidInputError):
+    """The acquisition's encoding cannot be reconstructed here (non-Cartesian, no limits, lines outside the matrix)."""
+
+
+class ProtocolError(ReconError):
+    """A Gadgetron protocol (XML pipeline) is invalid or needs parts this runtime does not have."""
+
+
+class GadgetFailedError(ReconError):
+    """A gadget reported an error (Gadgetron ERROR message) or died before closing its stream."""
+
+
+class StreamTimeoutError(ReconError, TimeoutError):
+    """A peer did not send or accept data within the time limit."""
