@@ -52,6 +52,7 @@ __all__ = [
     "GOLDEN_ANGLE",
     "GOLDEN_ANGLE_DIAMETER",
     "MaskResult",
+    "fully_sampled_centre",
     "make_mask",
     "poisson_disc",
     "radial_view_ordered",
@@ -632,3 +633,19 @@ def write_mask_files(result: MaskResult, stem: str | Path) -> dict[str, Path]:
     np.savetxt(paths["view_order"], rows, fmt="%d", delimiter=",", header=header, comments="")
     _preview(result).save(paths["preview"])
     return paths
+
+
+def fully_sampled_centre(mask: np.ndarray) -> int:
+    """Side of the largest centred square block of ``mask`` that is fully sampled (0 if none).
+
+    The block is placed like every calibration block here: rows ``ny//2 - w//2`` to
+    ``ny//2 - w//2 + w - 1`` (likewise for columns).
+    """
+    mask = np.asarray(mask, dtype=bool)
+    ny, nx = mask.shape
+    best = 0
+    for w in range(1, min(ny, nx) + 1):
+        if not mask[_calib_slice(ny, w), _calib_slice(nx, w)].all():
+            break
+        best = w
+    return best

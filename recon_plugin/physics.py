@@ -21,24 +21,34 @@ ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
 _DIMS = (-2, -1)
 
 
+def fftc(x: ArrayT, axes: tuple[int, ...] = _DIMS) -> ArrayT:
+    """Centred orthonormal FFT over ``axes`` (numpy or torch): fftshift(fft(ifftshift(x)))."""
+    if isinstance(x, torch.Tensor):
+        x = torch.fft.ifftshift(x, dim=axes)
+        return torch.fft.fftshift(torch.fft.fftn(x, dim=axes, norm="ortho"), dim=axes)
+    x = np.fft.ifftshift(x, axes=axes)
+    out = np.fft.fftshift(np.fft.fftn(x, axes=axes, norm="ortho"), axes=axes)
+    return out.astype(np.result_type(x.dtype, np.complex64), copy=False)
+
+
+def ifftc(k: ArrayT, axes: tuple[int, ...] = _DIMS) -> ArrayT:
+    """Centred orthonormal inverse FFT over ``axes`` (numpy or torch)."""
+    if isinstance(k, torch.Tensor):
+        k = torch.fft.ifftshift(k, dim=axes)
+        return torch.fft.fftshift(torch.fft.ifftn(k, dim=axes, norm="ortho"), dim=axes)
+    k = np.fft.ifftshift(k, axes=axes)
+    out = np.fft.fftshift(np.fft.ifftn(k, axes=axes, norm="ortho"), axes=axes)
+    return out.astype(np.result_type(k.dtype, np.complex64), copy=False)
+
+
 def fft2c(x: ArrayT) -> ArrayT:
     """Centred orthonormal 2D FFT over the last two axes (numpy or torch)."""
-    if isinstance(x, torch.Tensor):
-        x = torch.fft.ifftshift(x, dim=_DIMS)
-        return torch.fft.fftshift(torch.fft.fft2(x, dim=_DIMS, norm="ortho"), dim=_DIMS)
-    x = np.fft.ifftshift(x, axes=_DIMS)
-    out = np.fft.fftshift(np.fft.fft2(x, axes=_DIMS, norm="ortho"), axes=_DIMS)
-    return out.astype(np.result_type(x.dtype, np.complex64), copy=False)
+    return fftc(x, _DIMS)
 
 
 def ifft2c(k: ArrayT) -> ArrayT:
     """Centred orthonormal 2D inverse FFT over the last two axes (numpy or torch)."""
-    if isinstance(k, torch.Tensor):
-        k = torch.fft.ifftshift(k, dim=_DIMS)
-        return torch.fft.fftshift(torch.fft.ifft2(k, dim=_DIMS, norm="ortho"), dim=_DIMS)
-    k = np.fft.ifftshift(k, axes=_DIMS)
-    out = np.fft.fftshift(np.fft.ifft2(k, axes=_DIMS, norm="ortho"), axes=_DIMS)
-    return out.astype(np.result_type(k.dtype, np.complex64), copy=False)
+    return ifftc(k, _DIMS)
 
 
 def complex_to_channels(x: torch.Tensor) -> torch.Tensor:

@@ -7,8 +7,11 @@ from typing import Any
 
 import numpy as np
 
-from .errors import EmptyMaskError, InvalidInputError, ShapeMismatchError
+from .errors import CoilMapError, EmptyMaskError, InvalidInputError, ShapeMismatchError
 from .physics import check_finite
+
+#: Smallest fully sampled centre (side, points) ESPIRiT is run on.
+MIN_CALIB = 8
 
 
 @dataclass
@@ -80,9 +83,20 @@ class Problem:
         return float(self.mask.size / self.mask.sum())
 
     def coil_maps(self) -> np.ndarray | None:
-        """Coil maps, estimated once by ESPIRiT when missing; None for one coil without maps."""
+        """Coil maps, estimated once by ESPIRiT when missing; None for one coil without maps.
+
+        ESPIRiT calibrates on the largest fully sampled centred square of the mask,
+        at most ``calib_width`` wide; less than ``MIN_CALIB`` is a CoilMapError.
+        """
         if self.maps is None and self.coils > 1:
             from .coils import espirit_maps
+            from .masks import fully_sampled_centre
 
-            self.maps = espirit_maps(self.kspace, self.calib_width)
+            width = min(self.calib_width, fully_sampled_centre(self.mask))
+            if width < MIN_CALIB:
+                raise CoilMapError(
+                    f"only a {width}x{width} fully sampled k-space centre; coil maps need at least "
+                    f"{MIN_CALIB}x{MIN_CALIB} (acquire a larger calibration region or supply maps)"
+                )
+            self.maps = espirit_maps(self.kspace, width)
         return self.maps

@@ -1,0 +1,72 @@
+"""Gadgetron external-gadget targets: ``rgancs`` and ``zero_filled``.
+
+Gadgetron starts ``python -m gadgetron <port> recon_plugin.gadgets <target>``;
+the target reads its settings from the protocol's <property> elements,
+collects the acquisitions, and sends ISMRMRD images. Thin adapters over
+recon_plugin.pipeline. Any failure is reported to Gadgetron as an ERROR
+message (id 8) before the connection closes, never as a silent empty result.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections.abc import Iterator
+from typing import Any
+
+import ismrmrd
+
+from .errors import ReconError
+from .pipeline import GadgetSettings, assemble, build_reconstructor, reconstruct_exam
+
+log = logging.getLogger(__name__)
+
+GADGET_MESSAGE_ERROR = 8
+
+
+def properties(config: Any) -> dict[str, str]:
+    """<property name=... value=...> elements of the gadget's <configuration> (an ElementTree or None)."""
+    if config is None:
+        return {}
+    return {p.get("name", ""): p.get("value", "") for p in config.iter("property") if p.get("name")}
+
+
+def send_error(connection: Any, text: str) -> None:
+    """Send Gadgetron's ERROR message: uint16 id 8, uint64 length, UTF-8 text."""
+    payload = text.encode("utf-8")
+    connection.socket.write(struct.pack("<HQ", GADGET_MESSAGE_ERROR, len(payload)) + payload)
+
+
+def acquisitions(connection: Any) -> Iterator[ismrmrd.Acquisition]:
+    """The connection's acquisitions; other messages (waveforms) are not used and are dropped."""
+    for item in connection:
+        if isinstance(item, ismrmrd.Acquisition):
+            yield item
+        else:
+            log.debug("dropping %s", type(item).__name__)
+
+
+def run(connection: Any, method: str) -> None:
+    """Reconstruct one exam with ``method``; report failures as ERROR messages."""
+    try:
+        settings = GadgetSettings.from_properties(method, properties(connection.config))
+        reconstructor = build_reconstructor(settings)
+        problems = assemble(connection.header, acquisitions(connection), settings)
+        for image in reconstruct_exam(problems, reconstructor, settings):
+            connection.send(image)
+    except ReconError as exc:
+        log.error("%s failed: %s", method, exc)
+        send_error(connection, f"{method}: {type(exc).__name__}: {exc}")
+    except Exception as exc:  # report, never vanish: Gadgetron would otherwise see a normal close
+        log.exception("%s crashed", method)
+        send_error(connection, f"{method}: internal error {type(exc).__name__}: {exc}")
+
+
+def rgancs(connection: Any) -> None:
+    """Gadget target: RGANCS reconstruction."""
+    run(connection, "rgancs")
+
+
+def zero_filled(connection: Any) -> None:
+    """Gadget target: zero-filled reconstruction."""
+    run(connection, "zero_filled")

@@ -1,0 +1,351 @@
+"""Acquisition assembly: ISMRMRD header + acquisitions -> per-slice Problems with their geometry.
+
+Handles noise scans (prewhitening), readout oversampling, 2D multi-slice and
+3D Cartesian encodings (3D: inverse FFT along the readout, then one ky-kz
+problem per readout position), several slices / contrasts / repetitions /
+averages, acquisitions in any order. The sampling mask is read from which
+lines arrived; fully sampled data can be undersampled retrospectively, keeping
+the fully sampled image as the reference.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import ismrmrd
+import ismrmrd.xsd
+import numpy as np
+
+from .coils import sense_combine
+from .errors import (
+    EncodingError,
+    InvalidInputError,
+    IsmrmrdFormatError,
+    NonFiniteDataError,
+    ShapeMismatchError,
+)
+from .masks import make_mask
+from .physics import fftc, ifft2c, ifftc
+from .problem import Problem
+
+log = logging.getLogger(__name__)
+
+Key = tuple[int, int, int]  # (slice, contrast, repetition)
+
+
+def parse_header(header: ismrmrd.xsd.ismrmrdHeader | bytes | str) -> ismrmrd.xsd.ismrmrdHeader:
+    """Parse ISMRMRD XML (or pass a parsed header through); IsmrmrdFormatError when it is not one."""
+    if isinstance(header, ismrmrd.xsd.ismrmrdHeader):
+        return header
+    try:
+        return ismrmrd.xsd.CreateFromDocument(header)
+    except Exception as exc:  # the xsd binding raises several unrelated types
+        raise IsmrmrdFormatError(f"the header is not ISMRMRD XML: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class EncodingInfo:
+    """What the assembly needs from the header's first encoding."""
+
+    encoded: tuple[int, int, int]  # (x with oversampling, y, z)
+    recon: tuple[int, int, int]
+    encoded_fov: tuple[float, float, float]
+    recon_fov: tuple[float, float, float]
+    ky_center: int
+    kz_center: int
+
+    @property
+    def is_3d(self) -> bool:
+        """True for a 3D (ky-kz) encoding."""
+        return self.encoded[2] > 1
+
+    @classmethod
+    def from_header(cls, header: ismrmrd.xsd.ismrmrdHeader) -> EncodingInfo:
+        """Read the first encoding; EncodingError when it is missing, non-Cartesian or has no limits."""
+        if not header.encoding:
+            raise EncodingError("the ISMRMRD header has no <encoding>; cannot reconstruct")
+        enc = header.encoding[0]
+        trajectory = getattr(enc.trajectory, "value", enc.trajectory)
+        if trajectory != "cartesian":
+            raise EncodingError(f"trajectory '{trajectory}' is not supported: this plugin reconstructs Cartesian data")
+        limits = enc.encodingLimits
+        if limits is None or limits.kspace_encoding_step_1 is None:
+            raise EncodingError("the header's encodingLimits lack kspace_encoding_step_1; cannot place the lines")
+        try:
+            e, r = enc.encodedSpace, enc.reconSpace
+            encoded = (int(e.matrixSize.x), int(e.matrixSize.y), int(e.matrixSize.z or 1))
+            recon = (int(r.matrixSize.x), int(r.matrixSize.y), int(r.matrixSize.z or 1))
+            efov = (float(e.fieldOfView_mm.x), float(e.fieldOfView_mm.y), float(e.fieldOfView_mm.z))
+            rfov = (float(r.fieldOfView_mm.x), float(r.fieldOfView_mm.y), float(r.fieldOfView_mm.z))
+        except (AttributeError, TypeError) as exc:
+            raise EncodingError(f"the header's encoded/recon space is incomplete: {exc}") from exc
+        if min(encoded) < 1 or min(recon) < 1 or recon[0] > encoded[0]:
+            raise EncodingError(f"invalid matrices: encoded {encoded}, recon {recon}")
+        ky_center = limits.kspace_encoding_step_1.center
+        step2 = limits.kspace_encoding_step_2
+        if encoded[2] > 1 and step2 is None:
+            raise EncodingError("3D encoding without kspace_encoding_step_2 limits")
+        kz_center = step2.center if step2 is not None and step2.center is not None else encoded[2] // 2
+        return cls(
+            encoded=encoded,
+            recon=recon,
+            encoded_fov=efov,
+            recon_fov=rfov,
+            ky_center=int(ky_center if ky_center is not None else encoded[1] // 2),
+            kz_center=int(kz_center),
+        )
+
+
+@dataclass(frozen=True)
+class SliceGeometry:
+    """Where an image lies: ISMRMRD position and directions of its columns / rows / normal."""
+
+    position: tuple[float, float, float]
+    read_dir: tuple[float, float, float]  # direction of increasing column index
+    phase_dir: tuple[float, float, float]  # direction of increasing row index
+    slice_dir: tuple[float, float, float]
+    patient_table_position: tuple[float, float, float]
+    fov: tuple[float, float, float]  # (columns mm, rows mm, thickness mm)
+    slice: int
+    contrast: int
+    repetition: int
+    partition: int = -1  # readout position of a 3D plane, -1 for 2D
+    acquisition_time_stamp: int = 0
+    measurement_uid: int = 0
+
+
+@dataclass(frozen=True)
+class RetroSettings:
+    """Retrospective undersampling of fully sampled data (for evaluation against the reference)."""
+
+    acceleration: float = 5.0
+    family: str | None = None  # None: "radial" for 3D ky-kz planes, "lines" for 2D
+    seed: int = 0
+    calib: int = 16
+    mask_file: Path | None = None  # a boolean .npy mask [ny, nx] instead of a generated one
+
+
+@dataclass
+class Assembled:
+    """One reconstruction problem with its geometry; ``retrospective`` when its mask was applied by us."""
+
+    problem: Problem
+    geometry: SliceGeometry
+    retrospective: bool = False
+
+
+@dataclass
+class _Buffer:
+    data: np.ndarray  # [coils, ny, nz, nx_enc]
+    counts: np.ndarray  # [ny, nz] acquisitions summed per line
+    first: ismrmrd.AcquisitionHeader
+    centre: ismrmrd.AcquisitionHeader | None = None
+
+
+@dataclass
+class Assembler:
+    """Collects acquisitions of one exam and turns them into Problems."""
+
+    header: ismrmrd.xsd.ismrmrdHeader | bytes | str
+    retro: RetroSettings | None = None
+    calib_width: int = 24
+    noise: list[np.ndarray] = field(default_factory=list)
+    _buffers: dict[Key, _Buffer] = field(default_factory=dict)
+    _coils: int | None = None
+    _noise_dwell: float | None = None
+    _data_dwell: float | None = None
+
+    def __post_init__(self) -> None:
+        self.header = parse_header(self.header)
+        self.encoding = EncodingInfo.from_header(self.header)
+
+    @property
+    def acquisitions(self) -> int:
+        """Number of imaging acquisitions received (noise scans excluded)."""
+        return int(sum(b.counts.sum() for b in self._buffers.values()))
+
+    def add(self, acq: ismrmrd.Acquisition) -> None:
+        """Take one acquisition: a noise scan, or a k-space line placed in its slice's buffer."""
+        data = np.asarray(acq.data)
+        if data.ndim != 2:
+            raise IsmrmrdFormatError(f"acquisition {acq.scan_counter} has data of shape {data.shape}")
+        if not np.isfinite(data).all():
+            raise NonFiniteDataError(
+                f"acquisition {acq.scan_counter} (line {acq.idx.kspace_encode_step_1}) contains NaN or "
+                "infinite samples; the raw data are corrupt"
+            )
+        if acq.is_flag_set(ismrmrd.ACQ_IS_NOISE_MEASUREMENT):
+            self._check_coils(data.shape[0], acq)
+            self.noise.append(data.astype(np.complex64))
+            self._noise_dwell = float(acq.sample_time_us) or None
+            return
+        skip = (ismrmrd.ACQ_IS_NAVIGATION_DATA, ismrmrd.ACQ_IS_PHASECORR_DATA, ismrmrd.ACQ_IS_DUMMYSCAN_DATA)
+        if any(acq.is_flag_set(f) for f in skip):
+            return
+        if acq.trajectory_dimensions:
+            raise EncodingError(
+                f"acquisition {acq.scan_counter} carries a {acq.trajectory_dimensions}-D trajectory: "
+                "non-Cartesian data are not supported"
+            )
+        self._check_coils(data.shape[0], acq)
+        self._data_dwell = float(acq.sample_time_us) or self._data_dwell
+        nx_enc, ny, nz = self.encoding.encoded
+        row = acq.idx.kspace_encode_step_1 - self.encoding.ky_center + ny // 2
+        col = (acq.idx.kspace_encode_step_2 - self.encoding.kz_center + nz // 2) if nz > 1 else 0
+        if not (0 <= row < ny and 0 <= col < nz):
+            raise EncodingError(
+                f"acquisition {acq.scan_counter} has encode steps ({acq.idx.kspace_encode_step_1}, "
+                f"{acq.idx.kspace_encode_step_2}) outside the {ny}x{nz} encoded matrix"
+            )
+        samples = data.shape[1]
+        start = nx_enc // 2 - int(acq.center_sample)
+        if start < 0 or start + samples > nx_enc:
+            raise EncodingError(
+                f"acquisition {acq.scan_counter} has {samples} samples centred at {acq.center_sample}, which "
+                f"does not fit the encoded readout of {nx_enc}"
+            )
+        key = (int(acq.idx.slice), int(acq.idx.contrast), int(acq.idx.repetition))
+        buf = self._buffers.get(key)
+        if buf is None:
+            buf = _Buffer(
+                data=np.zeros((data.shape[0], ny, nz, nx_enc), np.complex64),
+                counts=np.zeros((ny, nz), np.int32),
+                first=acq.getHead(),
+            )
+            self._buffers[key] = buf
+        buf.data[:, row, col, start : start + samples] += data
+        buf.counts[row, col] += 1
+        if row == ny // 2 and col == nz // 2:
+            buf.centre = acq.getHead()
+
+    def _check_coils(self, coils: int, acq: ismrmrd.Acquisition) -> None:
+        if self._coils is None:
+            self._coils = coils
+        elif coils != self._coils:
+            raise IsmrmrdFormatError(
+                f"acquisition {acq.scan_counter} has {coils} channels, earlier ones had {self._coils}"
+            )
+
+    def whitening_matrix(self) -> np.ndarray | None:
+        """Prewhitening matrix W (data <- W data) from the noise scans, or None without noise scans.
+
+        The noise covariance is scaled by the ratio of noise to data dwell time
+        (noise variance grows with bandwidth); W = inverse Cholesky factor, so
+        whitened noise has unit variance and no coil correlation.
+        """
+        if not self.noise:
+            return None
+        samples = np.concatenate(self.noise, axis=1)
+        cov = samples @ samples.conj().T / samples.shape[1]
+        if self._noise_dwell and self._data_dwell:
+            cov = cov * (self._noise_dwell / self._data_dwell)
+        try:
+            chol = np.linalg.cholesky(cov.astype(np.complex128))
+        except np.linalg.LinAlgError as exc:
+            raise InvalidInputError(
+                "the noise scans give a singular coil noise covariance (a dead or duplicated channel?)"
+            ) from exc
+        return np.linalg.inv(chol).astype(np.complex64)
+
+    def problems(self) -> list[Assembled]:
+        """All Problems of the exam, ordered by (repetition, contrast, slice, partition)."""
+        if not self._buffers:
+            raise IsmrmrdFormatError("no imaging acquisitions arrived; nothing to reconstruct")
+        whiten = self.whitening_matrix()
+        out: list[Assembled] = []
+        for key in sorted(self._buffers, key=lambda k: (k[2], k[1], k[0])):
+            out.extend(self._problems_for(key, self._buffers[key], whiten))
+        return out
+
+    def _problems_for(self, key: Key, buf: _Buffer, whiten: np.ndarray | None) -> list[Assembled]:
+        sampled = buf.counts > 0
+        data = buf.data / np.maximum(buf.counts, 1)[None, :, :, None]  # average repeated lines
+        if whiten is not None:
+            data = np.einsum("ij,j...->i...", whiten, data).astype(np.complex64)
+        hybrid = _remove_oversampling(data, self.encoding.recon[0])  # [coils, ny, nz, nx] image along x
+        nx = hybrid.shape[-1]
+        head = buf.centre or buf.first
+        if self.encoding.is_3d:
+            planes = [(hybrid[:, :, :, x], x) for x in range(nx)]  # k-space [coils, ky, kz]
+            mask = sampled
+        else:
+            kspace_2d = fftc(hybrid[:, :, 0, :], axes=(-1,))  # [coils, ky, kx]
+            planes = [(kspace_2d, -1)]
+            mask = np.repeat(sampled[:, :1], nx, axis=1)
+        full = bool(sampled.all())
+        mask, retro = self._retro_mask(mask, full)
+        out = []
+        for kspace, partition in planes:
+            meta = {"slice": key[0], "contrast": key[1], "repetition": key[2]}
+            if partition >= 0:
+                meta["partition"] = partition
+            problem = Problem(kspace=kspace * mask, mask=mask, meta=meta, calib_width=self.calib_width)
+            if retro:
+                problem.reference = _reference(kspace, problem)
+            out.append(Assembled(problem, self._geometry(head, key, partition, nx), retrospective=retro))
+        return out
+
+    def _retro_mask(self, sampled: np.ndarray, full: bool) -> tuple[np.ndarray, bool]:
+        if self.retro is None:
+            return sampled, False
+        if not full:
+            log.warning(
+                "retrospective undersampling asked for, but the data are already undersampled: "
+                "reconstructing the lines that arrived, without a reference"
+            )
+            return sampled, False
+        shape = sampled.shape
+        if self.retro.mask_file is not None:
+            mask = np.load(self.retro.mask_file, allow_pickle=False)
+            if mask.shape != shape:
+                raise ShapeMismatchError(f"mask file {self.retro.mask_file} is {mask.shape}, the data need {shape}")
+            return mask.astype(bool), True
+        family = self.retro.family or ("radial" if self.encoding.is_3d else "lines")
+        calib = min(self.retro.calib, *shape) if family != "lines" else self.retro.calib
+        result = make_mask(family, shape, self.retro.acceleration, seed=self.retro.seed, calib=calib)
+        return np.array(result.mask), True
+
+    def _geometry(self, head: ismrmrd.AcquisitionHeader, key: Key, partition: int, nx: int) -> SliceGeometry:
+        read, phase, slc = (tuple(float(v) for v in d) for d in (head.read_dir, head.phase_dir, head.slice_dir))
+        position = np.array(head.position, dtype=np.float64)
+        rfov, efov = self.encoding.recon_fov, self.encoding.encoded_fov
+        if partition < 0:
+            cols, rows = read, phase
+            fov = (rfov[0], efov[1], rfov[2])
+        else:  # a ky-kz plane at one readout position: columns along kz (slice dir), rows along ky
+            dx = rfov[0] / nx
+            position = position + (partition - nx // 2) * dx * np.array(read)
+            cols, rows = slc, phase
+            fov = (efov[2], efov[1], dx)
+        normal = tuple(float(v) for v in np.cross(cols, rows))
+        return SliceGeometry(
+            position=tuple(float(v) for v in position),  # type: ignore[arg-type]
+            read_dir=cols,  # type: ignore[arg-type]
+            phase_dir=rows,  # type: ignore[arg-type]
+            slice_dir=normal,  # type: ignore[arg-type]
+            patient_table_position=tuple(float(v) for v in head.patient_table_position),  # type: ignore[arg-type]
+            fov=fov,
+            slice=key[0] if partition < 0 else partition,
+            contrast=key[1],
+            repetition=key[2],
+            partition=partition,
+            acquisition_time_stamp=int(head.acquisition_time_stamp),
+            measurement_uid=int(head.measurement_uid),
+        )
+
+
+def _remove_oversampling(data: np.ndarray, nx_recon: int) -> np.ndarray:
+    """Inverse FFT along the readout (last axis) and keep the central ``nx_recon`` samples."""
+    image = ifftc(data, axes=(-1,))
+    start = image.shape[-1] // 2 - nx_recon // 2
+    return np.ascontiguousarray(image[..., start : start + nx_recon])
+
+
+def _reference(full_kspace: np.ndarray, problem: Problem) -> np.ndarray:
+    """Fully sampled image, coil-combined with the same maps the reconstruction uses."""
+    maps = problem.coil_maps()
+    if maps is None:
+        return ifft2c(full_kspace[0])
+    return sense_combine(full_kspace, maps)

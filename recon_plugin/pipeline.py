@@ -1,0 +1,153 @@
+"""Exam pipeline shared by every runtime: settings -> reconstructor -> assembled problems -> ISMRMRD images.
+
+Gadgets (Gadgetron external gadgets) and any other runtime call these
+functions; they hold no numerics of their own.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import ismrmrd
+
+from .errors import ProtocolError
+from .images import SERIES_INDEX, make_image
+from .kspace import Assembled, Assembler, RetroSettings
+from .masks import FAMILIES
+from .metrics import snr_db, ssim
+from .reconstructors import RGANCS, Reconstructor, ZeroFilled
+from .sample_data import DEMO_BUNDLE
+
+log = logging.getLogger(__name__)
+
+METHODS = ("rgancs", "zero_filled")
+
+
+@dataclass(frozen=True)
+class GadgetSettings:
+    """A gadget's settings, read from the protocol's <property> elements."""
+
+    method: str
+    weights: Path = DEMO_BUNDLE
+    device: str = "auto"
+    batch_size: int = 16
+    retro: RetroSettings | None = None
+    series_index: int = 0
+    complex_output: bool = False
+    calib_width: int = 24
+
+    @classmethod
+    def from_properties(cls, method: str, props: dict[str, str]) -> GadgetSettings:
+        """Parse properties (weights, device, batch_size, mask, retro_acceleration, seed, calib,
+        series_index, complex); a bad value is a ProtocolError naming the property."""
+        if method not in METHODS:
+            raise ProtocolError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
+        known = {
+            "weights",
+            "device",
+            "batch_size",
+            "mask",
+            "retro_acceleration",
+            "seed",
+            "calib",
+            "series_index",
+            "complex",
+            "calib_width",
+        }
+        unknown = sorted(set(props) - known)
+        if unknown:
+            log.warning("ignoring unknown properties: %s", ", ".join(unknown))
+        retro = _retro_settings(props)
+        return cls(
+            method=method,
+            weights=Path(props["weights"]) if props.get("weights") else DEMO_BUNDLE,
+            device=props.get("device", "auto") or "auto",
+            batch_size=_number(props, "batch_size", 16, int),
+            retro=retro,
+            series_index=_number(props, "series_index", SERIES_INDEX[method], int),
+            complex_output=_flag(props, "complex"),
+            calib_width=_number(props, "calib_width", 24, int),
+        )
+
+
+def _number(props: dict[str, str], name: str, default: Any, kind: type) -> Any:
+    text = props.get(name, "")
+    if text == "":
+        return default
+    try:
+        return kind(text)
+    except ValueError:
+        raise ProtocolError(f"property {name}={text!r} is not a valid {kind.__name__}") from None
+
+
+def _flag(props: dict[str, str], name: str) -> bool:
+    text = props.get(name, "false").strip().lower()
+    if text not in ("true", "false", "1", "0", "yes", "no"):
+        raise ProtocolError(f"property {name}={text!r} must be true or false")
+    return text in ("true", "1", "yes")
+
+
+def _retro_settings(props: dict[str, str]) -> RetroSettings | None:
+    acceleration = _number(props, "retro_acceleration", 0.0, float)
+    mask = props.get("mask", "").strip()
+    mask_file = Path(mask) if mask and mask.lower() not in FAMILIES else None
+    if mask_file is not None and not mask_file.is_file():
+        raise ProtocolError(f"property mask={mask!r} is neither a mask family ({', '.join(FAMILIES)}) nor a file")
+    if acceleration <= 0 and mask_file is None:
+        return None
+    return RetroSettings(
+        acceleration=acceleration if acceleration > 0 else 5.0,
+        family=mask.lower() if mask and mask_file is None else None,
+        seed=_number(props, "seed", 0, int),
+        calib=_number(props, "calib", 16, int),
+        mask_file=mask_file,
+    )
+
+
+_RESIDENT: dict[tuple[str, str, int], Reconstructor] = {}
+
+
+def build_reconstructor(settings: GadgetSettings) -> Reconstructor:
+    """The reconstructor for ``settings``; RGANCS models stay resident between exams in this process."""
+    if settings.method == "zero_filled":
+        return ZeroFilled()
+    key = (str(Path(settings.weights).resolve()), settings.device, settings.batch_size)
+    if key not in _RESIDENT:
+        _RESIDENT[key] = RGANCS(settings.weights, device=settings.device, batch_size=settings.batch_size)
+    return _RESIDENT[key]
+
+
+def assemble(header: Any, acquisitions: Iterable[ismrmrd.Acquisition], settings: GadgetSettings) -> list[Assembled]:
+    """Run acquisition assembly over a whole exam."""
+    assembler = Assembler(header, retro=settings.retro, calib_width=settings.calib_width)
+    for acq in acquisitions:
+        assembler.add(acq)
+    return assembler.problems()
+
+
+def reconstruct_exam(
+    assembled: list[Assembled], reconstructor: Reconstructor, settings: GadgetSettings
+) -> Iterator[ismrmrd.Image]:
+    """Reconstruct every problem and yield ISMRMRD images (with SNR/SSIM when a reference exists)."""
+    start = time.perf_counter()
+    results = reconstructor.reconstruct_batch([a.problem for a in assembled])
+    log.info("%s: %d slices in %.2f s", settings.method, len(results), time.perf_counter() - start)
+    for index, (item, result) in enumerate(zip(assembled, results, strict=True)):
+        meta = dict(result.meta)
+        meta["retrospective"] = item.retrospective
+        ref = item.problem.reference
+        if ref is not None:
+            meta["snr_db"] = snr_db(ref, result.image)
+            meta["ssim"] = ssim(ref, result.image)
+        yield make_image(
+            replace(result, meta=meta),
+            item.geometry,
+            series_index=settings.series_index,
+            image_index=index + 1,
+            complex_output=settings.complex_output,
+        )
