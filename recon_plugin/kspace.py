@@ -123,7 +123,7 @@ class RetroSettings:
     acceleration: float = 5.0
     family: str | None = None  # None: "radial" for 3D ky-kz planes, "lines" for 2D
     seed: int = 0
-    calib: int = 16
+    calib: int = 12
     mask_file: Path | None = None  # a boolean .npy mask [ny, nx] instead of a generated one
 
 

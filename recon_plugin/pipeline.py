@@ -104,7 +104,7 @@ def _retro_settings(props: dict[str, str]) -> RetroSettings | None:
         acceleration=acceleration if acceleration > 0 else 5.0,
         family=mask.lower() if mask and mask_file is None else None,
         seed=_number(props, "seed", 0, int),
-        calib=_number(props, "calib", 16, int),
+        calib=_number(props, "calib", 12, int),
         mask_file=mask_file,
     )
 
