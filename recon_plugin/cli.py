@@ -81,6 +81,35 @@ def demo(
     console.print(f"wrote {out / 'demo.png'}, {out / 'demo.json'} and the mask files in {out}")
 
 
+@app.command()
+def replay(
+    input_h5: Annotated[Path, typer.Argument(help="ISMRMRD raw data file")],
+    protocol: Annotated[Path, typer.Option(help="Gadgetron protocol XML (see protocols/)")],
+    out: Annotated[Path, typer.Option(help="output ISMRMRD image file (.h5)")],
+    png: Annotated[Path | None, typer.Option(help="folder for PNG previews and comparison.png")] = None,
+    timeout: Annotated[float, typer.Option(help="seconds a gadget may stay silent")] = 120.0,
+    keep_partial: Annotated[bool, typer.Option(help="on failure, keep what arrived in OUT.partial.h5")] = False,
+    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+) -> None:
+    """Replay an ISMRMRD file through a protocol's gadgets, exactly as Gadgetron runs them."""
+    from .preview import series_comparison
+    from .replay import format_summary, read_images, replay_file
+
+    try:
+        summary = replay_file(
+            input_h5, protocol, out, png_dir=png, timeout=timeout, progress=progress, keep_partial=keep_partial
+        )
+    except ReconError as exc:
+        _fail(exc)
+    except OSError as exc:
+        console.print(f"[bold red]OSError[/]: {exc}")
+        raise typer.Exit(1) from exc
+    console.print(format_summary(summary))
+    if png is not None:
+        path = series_comparison(read_images(summary.output), png / "comparison.png")
+        console.print(f"wrote {len(summary.pngs)} PNGs and {path}")
+
+
 @app.command("bundle-info")
 def bundle_info(bundle: Annotated[Path, typer.Argument(help="bundle folder")]) -> None:
     """Validate a model bundle and print its sidecar."""

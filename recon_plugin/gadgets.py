@@ -37,29 +37,48 @@ def send_error(connection: Any, text: str) -> None:
     connection.socket.write(struct.pack("<HQ", GADGET_MESSAGE_ERROR, len(payload)) + payload)
 
 
-def acquisitions(connection: Any) -> Iterator[ismrmrd.Acquisition]:
-    """The connection's acquisitions; other messages (waveforms) are not used and are dropped."""
-    for item in connection:
-        if isinstance(item, ismrmrd.Acquisition):
-            yield item
-        else:
-            log.debug("dropping %s", type(item).__name__)
+class Inbox:
+    """The connection's acquisitions (other messages are not used and are dropped); knows when the input ended."""
+
+    def __init__(self, connection: Any) -> None:
+        self.connection = connection
+        self.finished = False
+
+    def __iter__(self) -> Iterator[ismrmrd.Acquisition]:
+        for item in self.connection:
+            if isinstance(item, ismrmrd.Acquisition):
+                yield item
+            else:
+                log.debug("dropping %s", type(item).__name__)
+        self.finished = True
+
+    def drain(self) -> None:
+        """Read and discard the rest of the input, so the sender is never left blocked."""
+        if not self.finished:
+            for _ in self:
+                pass
 
 
 def run(connection: Any, method: str) -> None:
     """Reconstruct one exam with ``method``; report failures as ERROR messages."""
+    inbox = Inbox(connection)
     try:
         settings = GadgetSettings.from_properties(method, properties(connection.config))
         reconstructor = build_reconstructor(settings)
-        problems = assemble(connection.header, acquisitions(connection), settings)
+        problems = assemble(connection.header, inbox, settings)
         for image in reconstruct_exam(problems, reconstructor, settings):
             connection.send(image)
+        return
     except ReconError as exc:
         log.error("%s failed: %s", method, exc)
         send_error(connection, f"{method}: {type(exc).__name__}: {exc}")
     except Exception as exc:  # report, never vanish: Gadgetron would otherwise see a normal close
         log.exception("%s crashed", method)
         send_error(connection, f"{method}: internal error {type(exc).__name__}: {exc}")
+    try:
+        inbox.drain()
+    except Exception:  # the peer may already be gone; the error has been sent
+        log.debug("input not drained", exc_info=True)
 
 
 def rgancs(connection: Any) -> None:

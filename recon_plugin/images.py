@@ -13,6 +13,9 @@ from .reconstructors import Result
 #: Fixed image_series_index per method, so every exam's series line up across methods.
 SERIES_INDEX = {"zero_filled": 1, "rgancs": 2, "cs_wavelet": 3, "cs_tv": 4, "reference": 9}
 
+SNR_META = "SNR_dB"
+SSIM_META = "SSIM"
+
 #: Meta keys copied from a Result into the image attributes, with their ISMRMRD names.
 _META_KEYS = {
     "method": "Method",
@@ -22,8 +25,8 @@ _META_KEYS = {
     "dc_residual": "DataConsistencyResidual",
     "seconds": "ReconSeconds",
     "device": "Device",
-    "snr_db": "SNR_dB",
-    "ssim": "SSIM",
+    "snr_db": SNR_META,
+    "ssim": SSIM_META,
     "retrospective": "Retrospective",
 }
 

@@ -20,7 +20,7 @@ from .images import SERIES_INDEX, make_image
 from .kspace import Assembled, Assembler, RetroSettings
 from .masks import FAMILIES
 from .metrics import snr_db, ssim
-from .reconstructors import RGANCS, Reconstructor, ZeroFilled
+from .reconstructors import RGANCS, Reconstructor, Result, ZeroFilled
 from .sample_data import DEMO_BUNDLE
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,7 @@ class GadgetSettings:
     series_index: int = 0
     complex_output: bool = False
     calib_width: int = 24
+    send_reference: bool = False
 
     @classmethod
     def from_properties(cls, method: str, props: dict[str, str]) -> GadgetSettings:
@@ -72,6 +73,7 @@ class GadgetSettings:
             series_index=_number(props, "series_index", SERIES_INDEX[method], int),
             complex_output=_flag(props, "complex"),
             calib_width=_number(props, "calib_width", 24, int),
+            send_reference=_flag(props, "reference"),
         )
 
 
@@ -133,7 +135,11 @@ def assemble(header: Any, acquisitions: Iterable[ismrmrd.Acquisition], settings:
 def reconstruct_exam(
     assembled: list[Assembled], reconstructor: Reconstructor, settings: GadgetSettings
 ) -> Iterator[ismrmrd.Image]:
-    """Reconstruct every problem and yield ISMRMRD images (with SNR/SSIM when a reference exists)."""
+    """Reconstruct every problem and yield ISMRMRD images (with SNR/SSIM when a reference exists).
+
+    With ``settings.send_reference`` the fully sampled reference images are sent too, as series
+    ``SERIES_INDEX["reference"]``.
+    """
     start = time.perf_counter()
     results = reconstructor.reconstruct_batch([a.problem for a in assembled])
     log.info("%s: %d slices in %.2f s", settings.method, len(results), time.perf_counter() - start)
@@ -151,3 +157,12 @@ def reconstruct_exam(
             image_index=index + 1,
             complex_output=settings.complex_output,
         )
+        if settings.send_reference and ref is not None:
+            reference = Result(image=ref, meta={"method": "reference", "acceleration": 1.0})
+            yield make_image(
+                reference,
+                item.geometry,
+                series_index=SERIES_INDEX["reference"],
+                image_index=index + 1,
+                complex_output=settings.complex_output,
+            )

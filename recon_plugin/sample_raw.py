@@ -42,7 +42,7 @@ from scipy.ndimage import gaussian_filter, map_coordinates, zoom
 
 from .errors import InvalidInputError, ShapeMismatchError
 from .masks import MaskResult, radial_view_ordered
-from .physics import fft2c, ifft2c
+from .physics import fft2c, fftc, ifft2c, ifftc
 from .sample_data import COLIN_FILE
 from .simulate import with_smooth_phase
 
@@ -201,16 +201,6 @@ def correlated_noise(covariance: np.ndarray, shape: Sequence[int], rng: np.rando
     return (chol @ white).reshape(coils, *shape).astype(np.complex64)
 
 
-def _fft1c(x: np.ndarray, axis: int) -> np.ndarray:
-    x = np.fft.ifftshift(x, axes=axis)
-    return np.fft.fftshift(np.fft.fft(x, axis=axis, norm="ortho"), axes=axis)
-
-
-def _ifft1c(k: np.ndarray, axis: int) -> np.ndarray:
-    k = np.fft.ifftshift(k, axes=axis)
-    return np.fft.fftshift(np.fft.ifft(k, axis=axis, norm="ortho"), axes=axis)
-
-
 def _crop_readout(x: np.ndarray, oversampling: int) -> np.ndarray:
     nxe = x.shape[-1]
     nx = nxe // oversampling
@@ -289,7 +279,7 @@ def simulate_3d(
     rng = np.random.default_rng(seed)
     obj = (mag * np.exp(1j * smooth_phase_3d(mag.shape, rng))).astype(np.complex64)
     maps_enc = coil_sensitivities(geometry.voxel_positions(), coils, geometry.centres_mm[0])
-    kspace = _fft1c(fft2c(maps_enc * obj[None]), axis=-3).astype(np.complex64)
+    kspace = fftc(fft2c(maps_enc * obj[None]), axes=(-3,)).astype(np.complex64)
     return _finish(kspace, obj, maps_enc, geometry, noise_std, noise_scans, seed, rng)
 
 
@@ -382,7 +372,7 @@ def combine_fully_sampled(
     kw = np.tensordot(whiten, kspace, axes=1)
     img = ifft2c(kw)
     if dims == 3:
-        img = _ifft1c(img, axis=-3)
+        img = ifftc(img, axes=(-3,))
     img = _crop_readout(img, oversampling)
     maps_w = np.tensordot(whiten, maps, axes=1)
     num = (maps_w.conj() * img).sum(0)
