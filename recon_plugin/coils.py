@@ -18,14 +18,16 @@ def espirit_maps(
     *,
     kernel_width: int = 6,
     threshold: float = 0.02,
-    crop: float = 0.95,
+    crop: float = 0.0,
 ) -> np.ndarray:
     """Estimate ESPIRiT coil maps [coils, ny, nx] from the fully sampled k-space centre.
 
     ``kspace`` is complex [coils, ny, nx], centred; only its central
     ``calib_width`` x ``calib_width`` block is used, and that block must be
-    fully sampled. A single coil gets maps of ones. Maps are zero outside the
-    object (``crop``), and sum_c |S_c|^2 is about 1 inside it.
+    fully sampled. A single coil gets maps of ones. sum_c |S_c|^2 is 1. ``crop``
+    (ESPIRiT's eigenvalue threshold) defaults to 0, which keeps maps everywhere:
+    a plane of air then gives a noise image instead of no maps at all (3D
+    volumes have such planes at their edges); raise it to zero the background.
     """
     import sigpy.mri
 
