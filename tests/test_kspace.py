@@ -143,14 +143,22 @@ def test_contrasts_repetitions_and_averages(scan2d):
                 b.idx.contrast, b.idx.repetition = contrast, repetition
                 acqs.append(b)
     avg = copy.deepcopy(acqs[-1])
-    avg.data[:] = avg.data * 3  # a second average of the last line: the assembly averages, (1 + 3) / 2 = 2
+    avg.data[:] = avg.data * 3  # a second average of this line: the assembly averages, (1 + 3) / 2 = 2
     avg.idx.average = 1
-    asm = assemble(scan2d, acqs + [avg])
-    items = asm.problems()
+    plain = assemble(scan2d, acqs).problems()
+    items = assemble(scan2d, [*acqs, avg]).problems()
     slices = scan2d.simulation.truth.shape[0]
     assert len(items) == 3 * slices
-    keys = {(i.geometry.slice, i.geometry.contrast, i.geometry.repetition) for i in items}
-    assert len(keys) == 3 * slices
+    keys = [(i.geometry.slice, i.geometry.contrast, i.geometry.repetition) for i in items]
+    assert len(set(keys)) == 3 * slices
+    where = keys.index((avg.idx.slice, avg.idx.contrast, avg.idx.repetition))
+    ny = items[where].problem.shape[0]
+    row = (
+        avg.idx.kspace_encode_step_1 - scan2d.header.encoding[0].encodingLimits.kspace_encoding_step_1.center + ny // 2
+    )
+    assert np.allclose(items[where].problem.kspace[:, row], 2 * plain[where].problem.kspace[:, row], atol=1e-5)
+    others = np.delete(np.arange(ny), row)
+    assert np.allclose(items[where].problem.kspace[:, others], plain[where].problem.kspace[:, others])
 
 
 def test_bad_headers():
