@@ -55,8 +55,10 @@ def demo(
     family: Annotated[str, typer.Option(help="mask family")] = "radial",
     acceleration: Annotated[float, typer.Option(help="acceleration")] = 5.0,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    raw: Annotated[bool, typer.Option(help="also replay the sample 3D raw file through the compare protocol")] = True,
 ) -> None:
-    """Undersample the bundled sample slices, reconstruct with zero-filled and RGANCS, report SNR/SSIM."""
+    """Undersample the bundled sample slices, reconstruct with zero-filled and RGANCS, report SNR/SSIM;
+    then replay the sample 3D ISMRMRD file through Gadgetron's external-gadget protocol."""
     from .demo import run_demo
     from .sample_data import DEMO_BUNDLE
 
@@ -79,6 +81,16 @@ def demo(
             f"mean SSIM {sum(r.ssim for r in sel) / len(sel):.3f}"
         )
     console.print(f"wrote {out / 'demo.png'}, {out / 'demo.json'} and the mask files in {out}")
+    if raw:
+        from .sample_data import SAMPLE_DIR
+
+        root = SAMPLE_DIR.parent
+        replay(
+            root / "sample_data" / "raw" / "brain3d_fully_sampled.h5",
+            protocol=root / "protocols" / "compare_retro5x.xml",
+            out=out / "brain3d_compare.h5",
+            png=out / "brain3d_png",
+        )
 
 
 @app.command()

@@ -12,6 +12,8 @@ import time
 import ismrmrd
 import numpy as np
 
+from recon_plugin.images import SNR_META, SSIM_META
+
 _ERROR = 8
 
 
@@ -34,7 +36,7 @@ def _image(acquisition: ismrmrd.Acquisition, index: int, series: int) -> ismrmrd
         image_series_index=series,
         image_type=ismrmrd.IMTYPE_COMPLEX,
     )
-    image.meta = {"snr_db": str(20.0 + index), "ssim": "0.5", "source": "echo"}
+    image.meta = {SNR_META: str(20.0 + index), SSIM_META: "0.5", "source": "echo"}
     return image
 
 

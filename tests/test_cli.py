@@ -53,7 +53,7 @@ def test_demo_runs_on_a_tiny_bundle(tmp_path):
     folder = tmp_path / "tiny"
     save_bundle(RecurrentProximalNet(ModelConfig(copies=2, features=4)), folder, mask={}, training_data={})
     out = tmp_path / "out"
-    res = runner.invoke(app, ["demo", "--out", str(out), "--bundle", str(folder), "--device", "cpu"])
+    res = runner.invoke(app, ["demo", "--out", str(out), "--bundle", str(folder), "--device", "cpu", "--no-raw"])
     assert res.exit_code == 0, res.output
     summary = json.loads((out / "demo.json").read_text())
     methods = {r["method"] for r in summary["rows"]}
