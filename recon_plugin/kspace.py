@@ -35,14 +35,15 @@ log = logging.getLogger(__name__)
 Key = tuple[int, int, int]  # (slice, contrast, repetition)
 
 
-def parse_header(header: ismrmrd.xsd.ismrmrdHeader | bytes | str) -> ismrmrd.xsd.ismrmrdHeader:
+def parse_header(header: ismrmrd.xsd.ismrmrdHeader | bytes | str, where: str = "header") -> ismrmrd.xsd.ismrmrdHeader:
     """Parse ISMRMRD XML (or pass a parsed header through); IsmrmrdFormatError when it is not one."""
     if isinstance(header, ismrmrd.xsd.ismrmrdHeader):
         return header
     try:
         return ismrmrd.xsd.CreateFromDocument(header)
-    except Exception as exc:  # the xsd binding raises several unrelated types
-        raise IsmrmrdFormatError(f"the header is not ISMRMRD XML: {exc}") from exc
+    except Exception as exc:  # the xsd binding raises several unrelated types for bad documents
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise IsmrmrdFormatError(f"{where}: the XML header is not a valid ISMRMRD header ({first})") from exc
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -63,3 +64,24 @@ def test_demo_runs_on_a_tiny_bundle(tmp_path):
     assert all(5 < s < 40 for s in zf)  # a real, imperfect reconstruction of real anatomy
     png = Image.open(out / "demo.png")
     assert png.size[0] > 4 * 176 and png.getextrema()[1] > 0
+
+
+def test_replay_command_fails_with_a_named_error(tmp_path):
+    bad = tmp_path / "bad.h5"
+    bad.write_text("not an ISMRMRD file")
+    out = tmp_path / "out.h5"
+    protocol = Path(__file__).resolve().parents[1] / "protocols" / "zero_filled.xml"
+    res = runner.invoke(app, ["replay", str(bad), "--protocol", str(protocol), "--out", str(out), "--no-progress"])
+    assert res.exit_code == 2 and "IsmrmrdFormatError" in res.output
+    assert not out.exists()
+
+
+def test_replay_command_refuses_cpp_protocols(tmp_path):
+    protocol = tmp_path / "cpp.xml"
+    protocol.write_text(
+        "<configuration><version>2</version><readers/><writers/><stream><gadget><dll>gadgetron_mricore</dll>"
+        "<classname>NoiseAdjustGadget</classname></gadget></stream></configuration>"
+    )
+    raw = Path(__file__).resolve().parents[1] / "sample_data" / "raw" / "brain2d_multislice.h5"
+    res = runner.invoke(app, ["replay", str(raw), "--protocol", str(protocol), "--out", str(tmp_path / "o.h5")])
+    assert res.exit_code == 2 and "ProtocolError" in res.output and "Gadgetron" in res.output

@@ -16,6 +16,7 @@ import numpy as np
 from ismrmrd.hdf5 import acquisition_header_dtype, get_hdf5type, image_header_dtype, waveform_header_dtype
 
 from ..errors import IsmrmrdFormatError
+from ..kspace import parse_header
 
 logger = logging.getLogger(__name__)
 
@@ -61,15 +62,6 @@ def read_raw(path: str | Path, dataset_name: str = "dataset") -> RawData:
         waveforms = list(_read_waveforms(group["waveforms"], path)) if "waveforms" in group else []
     logger.info("read %s: %d acquisitions, %d waveforms", path, len(acquisitions), len(waveforms))
     return RawData(header_xml, acquisitions, waveforms)
-
-
-def parse_header(header_xml: bytes | str, where: str = "header") -> ismrmrd.xsd.ismrmrdHeader:
-    """Parse an ISMRMRD XML header; :class:`IsmrmrdFormatError` when it does not follow the schema."""
-    try:
-        return ismrmrd.xsd.CreateFromDocument(header_xml)
-    except Exception as exc:  # xsdata raises several unrelated types for bad documents
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise IsmrmrdFormatError(f"{where}: the XML header is not a valid ISMRMRD header ({first})") from exc
 
 
 @contextlib.contextmanager
