@@ -683,15 +683,13 @@ def colin_volume_block(
     isotropic Gaussian anti-alias blur (FWHM = mean target voxel), trilinear interpolation,
     zero outside the template.
     """
-    try:
-        import nibabel as nib
-    except ImportError as exc:  # pragma: no cover - nibabel is optional
-        raise InvalidInputError("reading the Colin27 NIfTI needs nibabel (pip install nibabel)") from exc
     path = Path(nifti_path)
     if not path.is_file():
         raise InvalidInputError(
             f"Colin27 template {path} not found; install it with 'apt-get install mricron-data' or pass its path"
         )
+    import nibabel as nib
+
     img = nib.load(str(path))
     data = np.asarray(img.dataobj, dtype=np.float32)
     data /= data.max() or 1.0

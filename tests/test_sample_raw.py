@@ -305,7 +305,8 @@ def test_make_brain2d_recipe() -> None:
 
 
 def test_colin_volume_block_orientation(tmp_path: Path) -> None:
-    nib = pytest.importorskip("nibabel")
+    import nibabel as nib
+
     vol = np.zeros((40, 50, 30), np.uint8)  # RAS, 2 mm voxels, origin at the volume centre
     vol[30:36, 35:41, 20:26] = 200  # right, anterior, superior
     affine = np.diag([2.0, 2.0, 2.0, 1.0])
