@@ -69,3 +69,23 @@ class GadgetFailedError(ReconError):
 
 class StreamTimeoutError(ReconError, TimeoutError):
     """A peer did not send or accept data within the time limit."""
+
+
+class BartNotFoundError(ReconError):
+    """The BART command-line tool is not installed or not on PATH / TOOLBOX_PATH."""
+
+
+class BartFailedError(ReconError):
+    """BART ran but failed; the message carries BART's own output."""
+
+
+class BartTimeoutError(BartFailedError, TimeoutError):
+    """BART did not finish a slice within its time limit."""
+
+
+class UnknownConfigurationError(ProtocolError):
+    """A client asked for a configuration (protocol) name the server does not have."""
+
+
+class ClientDisconnectedError(ReconError, ConnectionError):
+    """The client closed the connection before the end of its stream."""
