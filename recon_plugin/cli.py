@@ -99,6 +99,7 @@ def replay(
     protocol: Annotated[Path, typer.Option(help="Gadgetron protocol XML (see protocols/)")],
     out: Annotated[Path, typer.Option(help="output ISMRMRD image file (.h5)")],
     png: Annotated[Path | None, typer.Option(help="folder for PNG previews and comparison.png")] = None,
+    dicom: Annotated[Path | None, typer.Option(help="folder for one DICOM series per method")] = None,
     timeout: Annotated[float, typer.Option(help="seconds a gadget may stay silent")] = 120.0,
     keep_partial: Annotated[bool, typer.Option(help="on failure, keep what arrived in OUT.partial.h5")] = False,
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
@@ -120,6 +121,28 @@ def replay(
     if png is not None:
         path = series_comparison(read_images(summary.output), png / "comparison.png")
         console.print(f"wrote {len(summary.pngs)} PNGs and {path}")
+    if dicom is not None:
+        export(summary.output, dicom)
+
+
+@app.command()
+def export(
+    images_h5: Annotated[Path, typer.Argument(help="ISMRMRD image file (e.g. from replay)")],
+    dicom: Annotated[Path, typer.Option(help="output folder: one DICOM series per method")],
+    overwrite: Annotated[bool, typer.Option(help="replace DICOM files already in the series folders")] = False,
+) -> None:
+    """Write an ISMRMRD image file as DICOM series (shared study, one series per method)."""
+    from .dicom_export import export_file
+
+    try:
+        written = export_file(images_h5, dicom, overwrite=overwrite)
+    except ReconError as exc:
+        _fail(exc)
+    except OSError as exc:
+        console.print(f"[bold red]{type(exc).__name__}[/]: {exc}")
+        raise typer.Exit(1) from exc
+    for series, files in sorted(written.items()):
+        console.print(f"series {series}: {len(files)} DICOM files in {files[0].parent}")
 
 
 @app.command("bundle-info")
