@@ -1,4 +1,4 @@
-"""Gadgetron external-gadget targets: ``rgancs`` and ``zero_filled``.
+"""Gadgetron external-gadget targets: ``rgancs``, ``zero_filled``, ``cs_wavelet`` and ``cs_tv``.
 
 Gadgetron starts ``python -m gadgetron <port> recon_plugin.gadgets <target>``;
 the target reads its settings from the protocol's <property> elements,
@@ -89,3 +89,13 @@ def rgancs(connection: Any) -> None:
 def zero_filled(connection: Any) -> None:
     """Gadget target: zero-filled reconstruction."""
     run(connection, "zero_filled")
+
+
+def cs_wavelet(connection: Any) -> None:
+    """Gadget target: BART compressed sensing with a wavelet l1 penalty."""
+    run(connection, "cs_wavelet")
+
+
+def cs_tv(connection: Any) -> None:
+    """Gadget target: BART compressed sensing with a total-variation penalty."""
+    run(connection, "cs_tv")

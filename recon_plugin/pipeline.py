@@ -21,11 +21,13 @@ from .kspace import Assembled, Assembler, RetroSettings
 from .masks import FAMILIES
 from .metrics import snr_db, ssim
 from .reconstructors import RGANCS, Reconstructor, Result, ZeroFilled
+from .reconstructors.bart_cs import BartCS
 from .sample_data import DEMO_BUNDLE
 
 log = logging.getLogger(__name__)
 
-METHODS = ("rgancs", "zero_filled")
+METHODS = ("rgancs", "zero_filled", "cs_wavelet", "cs_tv")
+_REGULARISERS = {"cs_wavelet": "wavelet", "cs_tv": "tv"}
 
 
 @dataclass(frozen=True)
@@ -41,11 +43,16 @@ class GadgetSettings:
     complex_output: bool = False
     calib_width: int = 24
     send_reference: bool = False
+    lam: float | None = None  # BART CS: None = the tuned default for the coil count
+    iterations: int = 300
+    time_limit: float = 120.0
+    workers: int = 2
 
     @classmethod
     def from_properties(cls, method: str, props: dict[str, str]) -> GadgetSettings:
-        """Parse properties (weights, device, batch_size, mask, retro_acceleration, seed, calib,
-        series_index, complex); a bad value is a ProtocolError naming the property."""
+        """Parse properties (weights, device, batch_size, mask, retro_acceleration, seed, calib, calib_width,
+        series_index, complex, reference; for BART CS: lambda, iterations, time_limit, workers);
+        a bad value is a ProtocolError naming the property."""
         if method not in METHODS:
             raise ProtocolError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
         known = {
@@ -74,6 +81,10 @@ class GadgetSettings:
             complex_output=_flag(props, "complex"),
             calib_width=_number(props, "calib_width", 24, int),
             send_reference=_flag(props, "reference"),
+            lam=_number(props, "lambda", None, float),
+            iterations=_number(props, "iterations", 300, int),
+            time_limit=_number(props, "time_limit", 120.0, float),
+            workers=_number(props, "workers", 2, int),
         )
 
 
@@ -118,6 +129,14 @@ def build_reconstructor(settings: GadgetSettings) -> Reconstructor:
     """The reconstructor for ``settings``; RGANCS models stay resident between exams in this process."""
     if settings.method == "zero_filled":
         return ZeroFilled()
+    if settings.method in _REGULARISERS:
+        return BartCS(
+            _REGULARISERS[settings.method],
+            lam=settings.lam,
+            iterations=settings.iterations,
+            time_limit=settings.time_limit,
+            workers=settings.workers,
+        )
     key = (str(Path(settings.weights).resolve()), settings.device, settings.batch_size)
     if key not in _RESIDENT:
         _RESIDENT[key] = RGANCS(settings.weights, device=settings.device, batch_size=settings.batch_size)
