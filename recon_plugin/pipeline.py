@@ -66,6 +66,11 @@ class GadgetSettings:
             "series_index",
             "complex",
             "calib_width",
+            "reference",
+            "lambda",
+            "iterations",
+            "time_limit",
+            "workers",
         }
         unknown = sorted(set(props) - known)
         if unknown:
