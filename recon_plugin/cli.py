@@ -145,6 +145,29 @@ def export(
         console.print(f"series {series}: {len(files)} DICOM files in {files[0].parent}")
 
 
+@app.command()
+def serve(
+    port: Annotated[int, typer.Option(help="TCP port")] = 9002,
+    host: Annotated[str, typer.Option(help="address to bind (loopback by default)")] = "127.0.0.1",
+    protocols: Annotated[Path | None, typer.Option(help="folder of protocols that configuration names pick")] = None,
+    idle_timeout: Annotated[float, typer.Option(help="seconds a client may stay silent")] = 300.0,
+) -> None:
+    """Serve the ISMRMRD/MRD streaming protocol (as gadgetron_ismrmrd_client and scanner-side clients speak it),
+    running the same gadgets as the Gadgetron path."""
+    from .mrd_server import DEFAULT_PROTOCOLS_DIR, ServerReady
+    from .mrd_server import serve as run_server
+
+    ready = ServerReady()
+    console.print(f"serving MRD on {host}:{port}, protocols from {protocols or DEFAULT_PROTOCOLS_DIR} (Ctrl-C stops)")
+    try:
+        run_server(host, port, protocols or DEFAULT_PROTOCOLS_DIR, idle_timeout=idle_timeout, ready=ready)
+    except KeyboardInterrupt:
+        console.print("stopped")
+    except OSError as exc:
+        console.print(f"[bold red]{type(exc).__name__}[/]: cannot serve on {host}:{port}: {exc}")
+        raise typer.Exit(1) from exc
+
+
 @app.command("bundle-info")
 def bundle_info(bundle: Annotated[Path, typer.Argument(help="bundle folder")]) -> None:
     """Validate a model bundle and print its sidecar."""
