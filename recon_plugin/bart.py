@@ -18,6 +18,7 @@ import functools
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -126,12 +127,22 @@ def bart_env(threads: int = 1) -> dict[str, str]:
     return env
 
 
-def _text(data: bytes | str | None) -> str:
+def _text(data: bytes | str | None, limit: int | None = None) -> str:
+    """Decoded output without BART's colour codes; the last ``limit`` characters when given."""
     if data is None:
         return ""
     text = data.decode(errors="replace") if isinstance(data, bytes) else data
     text = text.replace("\x1b[31m", "").replace("\x1b[0m", "").strip()
-    return text if len(text) <= _MAX_MESSAGE else "..." + text[-_MAX_MESSAGE:]
+    return text if limit is None or len(text) <= limit else "..." + text[-limit:]
+
+
+def _exit_status(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
 
 
 def run(
@@ -163,8 +174,9 @@ def run(
         raise BartNotFoundError(f"cannot start {exe}: {exc}; {INSTALL_HINT}") from exc
     log.debug("bart %s: %.3f s", " ".join(cmd[1:]), time.perf_counter() - start)
     if proc.returncode != 0:
-        output = "\n".join(t for t in (_text(proc.stderr), _text(proc.stdout)) if t) or "(no output)"
-        raise BartFailedError(f"`bart {' '.join(cmd[1:])}` failed with exit code {proc.returncode}: {output}")
+        parts = (_text(proc.stderr, _MAX_MESSAGE), _text(proc.stdout, _MAX_MESSAGE))
+        output = "\n".join(t for t in parts if t) or "(no output)"
+        raise BartFailedError(f"`bart {' '.join(cmd[1:])}` failed ({_exit_status(proc.returncode)}): {output}")
     return _text(proc.stdout)
 
 

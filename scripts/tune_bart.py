@@ -61,34 +61,36 @@ def build_cases(args: argparse.Namespace) -> dict[str, list[Case]]:
     """The single- and multi-coil tuning problems."""
     data = Path(args.data)
     cases: dict[str, list[Case]] = {"single": [], "multi": []}
-    seed = args.seed
     if "multi" in args.groups:
         helper = BartCS("wavelet", time_limit=args.time_limit)
-        for name in args.multi:
+        for i, name in enumerate(args.multi):
             full = np.load(data / "multicoil_kspace" / f"{name}_kspace.npy").astype(np.complex64)
-            mask = make_mask("radial", full.shape[1:], args.acceleration, seed=seed, calib=args.calib).mask
-            seed += 1
+            mask = make_mask("radial", full.shape[1:], args.acceleration, seed=args.seed + i, calib=args.calib).mask
             problem = Problem(kspace=full, mask=mask, meta={"slice": name})
             maps, _ = helper.coil_maps(problem)  # bart ecalib on the undersampled data, as BartCS does
             problem.maps = maps
             cases["multi"].append(Case(name, problem, sense_combine(full, maps)))
     if "single" in args.groups:
         volume = np.load(data / "siat_brain_complex" / "images_lsq001-160.npy", mmap_mode="r")
-        for index in args.single:
+        for i, index in enumerate(args.single):
             image = np.asarray(volume[index], dtype=np.complex64)
-            mask = make_mask("radial", image.shape, args.acceleration, seed=seed, calib=args.calib).mask
-            seed += 1
+            mask = make_mask("radial", image.shape, args.acceleration, seed=args.single_seed + i, calib=args.calib).mask
             problem = Problem(kspace=fft2c(image)[None], mask=mask, meta={"slice": f"siat_{index}"})
             cases["single"].append(Case(f"siat_{index}", problem, image))
     return cases
 
 
 def evaluate(
-    cases: list[Case], regulariser: str, lambdas: list[float], iterations: int, args: argparse.Namespace
+    cases: list[Case], regulariser: str, lambdas: list[float | None], iterations: int, args: argparse.Namespace
 ) -> list[dict]:
-    """Reconstruct every case at every lambda (parallel single-threaded BART processes); one row per lambda."""
-    recon = {lam: BartCS(regulariser, lam=lam, iterations=iterations, workers=1, time_limit=args.time_limit)
-             for lam in lambdas}  # fmt: skip
+    """Reconstruct every case at every lambda (parallel single-threaded BART processes); one row per lambda.
+
+    A lambda of None is BartCS's default for the cases' coil count.
+    """
+    recon = {
+        lam: BartCS(regulariser, lam=lam, iterations=iterations, workers=1, time_limit=args.time_limit)
+        for lam in lambdas
+    }
     tasks = [(lam, case) for lam in lambdas for case in cases]
     with ThreadPoolExecutor(max_workers=args.workers) as pool:
         results = list(pool.map(lambda t: recon[t[0]].reconstruct(t[1].problem), tasks))
@@ -98,11 +100,20 @@ def evaluate(
         snrs = [snr_db(c.reference, r.image) for c, r in per]
         ssims = [ssim(c.reference, r.image) for c, r in per]
         secs = [r.meta["seconds"] for _, r in per]
-        rows.append({
-            "lambda": lam, "iterations": iterations, "snr_db": float(np.mean(snrs)), "ssim": float(np.mean(ssims)),
-            "seconds": float(np.mean(secs)), "per_slice": {c.name: {"snr_db": s, "ssim": m, "seconds": t}
-                                                           for (c, _), s, m, t in zip(per, snrs, ssims, secs, strict=True)},
-        })  # fmt: skip
+        per_slice = {
+            c.name: {"snr_db": s, "ssim": m, "seconds": t}
+            for (c, _), s, m, t in zip(per, snrs, ssims, secs, strict=True)
+        }
+        rows.append(
+            {
+                "lambda": recon[lam].lambda_for(cases[0].problem),
+                "iterations": iterations,
+                "snr_db": float(np.mean(snrs)),
+                "ssim": float(np.mean(ssims)),
+                "seconds": float(np.mean(secs)),
+                "per_slice": per_slice,
+            }
+        )
     return rows
 
 
@@ -112,7 +123,8 @@ def format_rows(title: str, rows: list[dict], best: float | None = None) -> str:
     for r in rows:
         mark = " **(best)**" if best is not None and r["lambda"] == best else ""
         lines.append(
-            f"| {r['lambda']:.3g}{mark} | {r['iterations']} | {r['snr_db']:.2f} | {r['ssim']:.4f} | {r['seconds']:.2f} |"
+            f"| {r['lambda']:.3g}{mark} | {r['iterations']} | {r['snr_db']:.2f} | {r['ssim']:.4f} "
+            f"| {r['seconds']:.2f} |"
         )
     return "\n".join(lines)
 
@@ -127,13 +139,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--single", default=",".join(map(str, SINGLE_DEFAULT)), help="siat slice indices")
     parser.add_argument("--acceleration", type=float, default=5.0)
     parser.add_argument("--calib", type=int, default=24, help="fully sampled centre of the radial mask")
-    parser.add_argument("--seed", type=int, default=100, help="mask seed of the first slice (then +1 per slice)")
+    parser.add_argument("--seed", type=int, default=100, help="mask seed of the first multi-coil slice (+1 per slice)")
+    parser.add_argument("--single-seed", type=int, default=103, help="mask seed of the first single-coil slice")
     parser.add_argument("--coarse", default=",".join(f"{v:g}" for v in COARSE_DEFAULT), help="coarse lambdas")
     parser.add_argument("--coarse-iterations", type=int, default=100)
     parser.add_argument(
         "--fine-steps",
         default=",".join(f"{v:g}" for v in FINE_STEPS_DEFAULT),
         help="fine grid: coarse best x 10**step",
+    )
+    parser.add_argument(
+        "--fine",
+        default="",
+        help="explicit fine lambdas at --iterations (skips the coarse stage), e.g. to extend a grid",
+    )
+    parser.add_argument(
+        "--defaults", action="store_true", help="only evaluate BartCS's default lambdas at --iterations (confirmation)"
     )
     parser.add_argument("--iterations", type=int, default=300, help="iterations of the fine (final) stage")
     parser.add_argument("--workers", type=int, default=2, help="BART processes in parallel")
@@ -161,22 +182,36 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(head, flush=True)
             sections.append(head)
-            report["groups"][group] = {"slices": names, "zero_filled": {"snr_db": float(np.mean(zf)),
-                                                                        "ssim": float(np.mean(zf_ssim))}}  # fmt: skip
+            report["groups"][group] = {
+                "slices": names,
+                "zero_filled": {"snr_db": float(np.mean(zf)), "ssim": float(np.mean(zf_ssim))},
+            }
             for reg in args.regularisers:
-                coarse = evaluate(group_cases, reg, list(_floats(args.coarse)), args.coarse_iterations, args)
-                best_coarse = max(coarse, key=lambda r: r["snr_db"])["lambda"]
-                fine_lams = sorted({float(f"{best_coarse * 10**s:.3g}") for s in _floats(args.fine_steps)})
+                if args.defaults:
+                    coarse, best_coarse, fine_lams = [], None, [None]
+                elif args.fine:
+                    coarse, best_coarse = [], None
+                    fine_lams = sorted(_floats(args.fine))
+                else:
+                    coarse = evaluate(group_cases, reg, list(_floats(args.coarse)), args.coarse_iterations, args)
+                    best_coarse = max(coarse, key=lambda r: r["snr_db"])["lambda"]
+                    fine_lams = sorted({float(f"{best_coarse * 10**s:.3g}") for s in _floats(args.fine_steps)})
                 fine = evaluate(group_cases, reg, fine_lams, args.iterations, args)
                 best = max(fine, key=lambda r: r["snr_db"])
-                edge = best["lambda"] in (fine_lams[0], fine_lams[-1])
-                text = "\n\n".join([
-                    format_rows(f"{reg}, {group}-coil, coarse", coarse, best_coarse),
-                    format_rows(f"{reg}, {group}-coil, fine", fine, best["lambda"]),
-                    f"chosen {reg} {group}-coil lambda: {best['lambda']:.3g} (SNR {best['snr_db']:.2f} dB, "
+                edge = len(fine_lams) > 1 and best["lambda"] in (fine_lams[0], fine_lams[-1])
+                label = "default" if args.defaults else "chosen"
+                chosen = (
+                    f"{label} {reg} {group}-coil lambda: {best['lambda']:.3g} (SNR {best['snr_db']:.2f} dB, "
                     f"SSIM {best['ssim']:.4f}, {best['seconds']:.2f} s/slice at {args.iterations} iterations)"
-                    + (" -- at the edge of the fine grid" if edge else ""),
-                ])  # fmt: skip
+                    + (" -- at the edge of the fine grid" if edge else "")
+                )
+                text = "\n\n".join(
+                    [
+                        *([format_rows(f"{reg}, {group}-coil, coarse", coarse, best_coarse)] if coarse else []),
+                        format_rows(f"{reg}, {group}-coil, fine", fine, best["lambda"]),
+                        chosen,
+                    ]
+                )
                 print(text + "\n", flush=True)
                 sections.append(text)
                 report["groups"][group][reg] = {"coarse": coarse, "fine": fine, "chosen": best["lambda"]}

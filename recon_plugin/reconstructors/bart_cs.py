@@ -14,19 +14,22 @@ Per slice (never ``pics -L``, which gave wrong results with BART 0.8.00):
    calibrated on the fully sampled centre (``-r`` = side of the largest fully
    sampled centred square, capped at ``problem.calib_width``); one coil: ones.
 3. ``bart pics -w 1 -p mask -R W:3:0:lam -i iters`` (FISTA; ``-i`` = FISTA
-   iterations) or ``-R T:3:0:lam -i iters`` (ADMM; here ``-i`` caps the *total*
-   inner CG iterations, about 10 per ADMM iteration, not the ADMM iterations).
+   iterations) or ``-R T:3:0:lam -i iters`` (ADMM, BART's only choice for TV;
+   here ``-i`` caps the *total* inner CG iterations, not the ADMM iterations:
+   ``-i 300`` ran 215 ADMM iterations on a single-coil and 264 on a 4-coil
+   256x256 brain slice; ``-u`` (rho) stays at BART's 0.5).
    The mask is always passed (``-p``): BART otherwise takes the sampling
    pattern from the non-zero k-space values, which drops samples that are 0.
 
 Layout and centring (measured with BART 0.8.00, checked in tests/test_bart.py):
 our k-space [coils, ny, nx] (C order) is BART's (x=nx, y=ny, z=1, coils)
 (column-major), the same bytes. ``bart fft -u`` and ``ecalib`` use our centred
-FFT convention (``fft2c``) for every size, but ``pics``' internal FFT differs
-for odd sizes: its image is ours circularly shifted by +1 pixel along each odd
-axis, times a global phase. ``pics_modulation`` (a linear k-space phase ramp
-plus that constant on odd axes) applied to the k-space sent to ``pics``
-removes both, so BART's images align pixel-exactly with ``ifft2c``.
+FFT convention (``fft2c``) for every size, but ``pics``' internal FFT does not:
+its image is ours circularly shifted by +1 pixel along each odd-sized axis and
+multiplied by a global phase (-1 per axis of size 2 mod 4; see
+``pics_modulation``). Multiplying the k-space sent to ``pics`` by
+``pics_modulation`` (a linear phase ramp on odd axes and a constant) removes
+both, so BART's images align pixel-exactly, phase included, with ``ifft2c``.
 """
 
 from __future__ import annotations
@@ -55,13 +58,14 @@ Regulariser = Literal["wavelet", "tv"]
 #: Method names by regulariser.
 NAMES: dict[str, str] = {"wavelet": "cs_wavelet", "tv": "cs_tv"}
 
-#: Tuned lambdas (docs/bart_tuning.md) by (regulariser, "single" | "multi" coil), for the
-#: normalisation above, a 5x radial view-ordered mask and 300 iterations.
+#: Lambdas tuned on real brain data (docs/bart_tuning.md: 8 single-coil SIAT slices, 3 multi-coil
+#: 4/8-channel slices) by (regulariser, "single" | "multi" coil), for the normalisation above, a 5x
+#: radial view-ordered mask and 300 iterations. Single and multi coil differ up to 30x (wavelet).
 DEFAULT_LAMBDAS: dict[tuple[str, str], float] = {
-    ("wavelet", "single"): 3e-3,
+    ("wavelet", "single"): 1e-4,
     ("wavelet", "multi"): 3e-3,
-    ("tv", "single"): 3e-3,
-    ("tv", "multi"): 3e-3,
+    ("tv", "single"): 5.6e-3,
+    ("tv", "multi"): 1.7e-3,
 }
 
 #: Percentile of the root-sum-of-squares zero-filled image the k-space is divided by.
@@ -72,18 +76,19 @@ SPATIAL_FLAGS = 3
 
 
 def pics_modulation(n: int) -> np.ndarray:
-    """k-space factor [n] along one axis that aligns ``pics``' image grid with ``fft2c``'s.
+    """k-space factor [n] along one axis that aligns ``pics``' image grid and phase with ``fft2c``'s.
 
-    1 for even ``n``. For odd ``n`` (centre ``c = n // 2``):
-    ``exp(i (2 pi (m - c) / n - s pi / 2 - pi / (2 n)))`` with ``s = +1`` when
-    ``n % 4 == 3`` else ``-1``: the ramp undoes a one-pixel image shift, the
-    constant a global phase (both measured on BART 0.8.00).
+    Measured on BART 0.8.00 (n = 16..39, every residue mod 4): ``pics`` returns
+    ``g_n * roll(x, s_n)`` for the k-space ``fft2c(x)``, with ``s_n = 1`` for odd
+    ``n`` (else 0) and the global phase ``g_n`` = 1 (n % 4 == 0), -1 (n % 4 == 2),
+    ``exp(i (pi/2 + pi/(2n)))`` (n % 4 == 3), ``exp(i (-pi/2 + pi/(2n)))`` (n % 4 == 1).
+    The factor ``conj(g_n) * exp(2 pi i s_n (m - n//2) / n)`` undoes both.
     """
-    if n % 2 == 0:
-        return np.ones(n, dtype=np.complex64)
     m = np.arange(n) - n // 2
-    s = 1.0 if n % 4 == 3 else -1.0
-    return np.exp(1j * (2 * np.pi * m / n - s * np.pi / 2 - np.pi / (2 * n))).astype(np.complex64)
+    if n % 2 == 0:
+        return np.full(n, 1.0 if n % 4 == 0 else -1.0, dtype=np.complex64)
+    g = (np.pi / 2 if n % 4 == 3 else -np.pi / 2) + np.pi / (2 * n)
+    return np.exp(1j * (2 * np.pi * m / n - g)).astype(np.complex64)
 
 
 def to_bart(array: np.ndarray) -> np.ndarray:
