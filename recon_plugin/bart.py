@@ -201,6 +201,19 @@ def run_arrays(
         return [read_cfl(Path(tmp) / name) for name in outputs]
 
 
+def to_bart(array: np.ndarray) -> np.ndarray:
+    """[coils, ny, nx] (or [ny, nx]) -> BART dims (x=nx, y=ny, z=1, coils) (same memory order)."""
+    array = np.asarray(array)
+    if array.ndim == 2:
+        array = array[None]
+    return array.transpose(2, 1, 0)[:, :, None, :]
+
+
+def from_bart(array: np.ndarray, ny: int, nx: int) -> np.ndarray:
+    """BART dims (x=nx, y=ny, 1, coils...) -> [coils, ny, nx]."""
+    return np.asarray(array).reshape(nx, ny, -1, order="F").transpose(2, 1, 0)
+
+
 @functools.cache
 def _version(binary: str) -> str:
     with tempfile.TemporaryDirectory(prefix="recon_bart_") as tmp:

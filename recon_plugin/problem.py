@@ -32,6 +32,7 @@ class Problem:
     reference: np.ndarray | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     calib_width: int = 24
+    maps_source: str = field(init=False, default="")  # "given", "ones" or "espirit"
 
     def __post_init__(self) -> None:
         kspace = np.asarray(self.kspace)
@@ -52,6 +53,7 @@ class Problem:
         if not np.abs(self.kspace).any():
             raise InvalidInputError("all sampled k-space values are zero; check the receiver data")
         self.mask = mask
+        self.maps_source = "given" if self.maps is not None else ("ones" if kspace.shape[0] == 1 else "")
         if self.maps is not None:
             maps = np.asarray(self.maps)
             if maps.ndim == 2:
@@ -99,4 +101,5 @@ class Problem:
                     f"{MIN_CALIB}x{MIN_CALIB} (acquire a larger calibration region or supply maps)"
                 )
             self.maps = espirit_maps(self.kspace, width)
+            self.maps_source = "espirit"
         return self.maps

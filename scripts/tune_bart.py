@@ -6,7 +6,7 @@
 Problems: 5x radial view-ordered masks (one seed per slice) on
 (a) "multi": the fully sampled multi-coil brain slices in multicoil_kspace/
     (marcsous_head_8ch, ugmpi_GE_brain_4ch, ugmpi_MPRAGE_brain_4ch), maps by
-    ``bart ecalib`` exactly as BartCS computes them;
+    ``Problem.coil_maps`` (ESPIRiT) exactly as every method gets them;
 (b) "single": single-coil complex slices of siat_brain_complex (validation
     blocks 15-16, slices 140-159; k = fft2c(x)).
 The reference is the fully sampled k-space combined with the same maps.
@@ -67,7 +67,7 @@ def build_cases(args: argparse.Namespace) -> dict[str, list[Case]]:
             full = np.load(data / "multicoil_kspace" / f"{name}_kspace.npy").astype(np.complex64)
             mask = make_mask("radial", full.shape[1:], args.acceleration, seed=args.seed + i, calib=args.calib).mask
             problem = Problem(kspace=full, mask=mask, meta={"slice": name})
-            maps, _ = helper.coil_maps(problem)  # bart ecalib on the undersampled data, as BartCS does
+            maps, _ = helper.coil_maps(problem)  # ESPIRiT on the undersampled data, as every method gets them
             problem.maps = maps
             cases["multi"].append(Case(name, problem, sense_combine(full, maps)))
     if "single" in args.groups:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import real_data
 
-from recon_plugin.coils import espirit_maps, rss, sense_combine
+from recon_plugin.coils import bart_available, espirit_maps, rss, sense_combine
 from recon_plugin.errors import CoilMapError, InvalidInputError
 from recon_plugin.physics import fft2c, ifft2c
 from recon_plugin.problem import Problem
@@ -20,21 +20,26 @@ def projection_error(kspace: np.ndarray, maps: np.ndarray, region: np.ndarray) -
     return float(np.linalg.norm((maps * x[None] - coil_images)[:, region]) / np.linalg.norm(coil_images[:, region]))
 
 
-def test_espirit_recovers_simulated_maps(rng):
+BACKENDS = ["sigpy", pytest.param("bart", marks=pytest.mark.skipif(not bart_available(), reason="BART not installed"))]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_espirit_recovers_simulated_maps(rng, backend):
     img = np.zeros((64, 64), np.float32)
     img[10:-10, 12:-12] = 1.0
     image = with_smooth_phase(img, rng)
     kspace = fft2c(simulated_coil_maps((64, 64), 6) * image[None])
-    maps = espirit_maps(kspace, 20)
+    maps = espirit_maps(kspace, 20, backend=backend)
     assert maps.shape == kspace.shape and maps.dtype == np.complex64
     inside = img > 0
     assert projection_error(kspace, maps, inside) < 0.02
     assert np.median((np.abs(maps) ** 2).sum(0)[inside]) == pytest.approx(1.0, abs=0.02)
 
 
-def test_real_8_coil_slice():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_real_8_coil_slice(backend):
     kspace = np.load(real_data("multicoil_kspace") / "marcsous_head_8ch_kspace.npy")
-    maps = espirit_maps(kspace, 24)
+    maps = espirit_maps(kspace, 24, backend=backend)
     assert maps.shape == (8, 256, 256) and np.isfinite(maps).all()
     coil_rss = rss(ifft2c(kspace))
     head = coil_rss > 0.1 * coil_rss.max()
@@ -71,3 +76,18 @@ def test_calibration_must_be_fully_sampled(rng):
         espirit_maps(k, 16)
     with pytest.raises(InvalidInputError):
         espirit_maps(k[0], 16)
+
+
+def test_backends_agree(rng):
+    """Both ESPIRiT implementations give the same SENSE-combined magnitude (maps agree up to a phase)."""
+    if not bart_available():
+        pytest.skip("BART not installed")
+    img = np.zeros((64, 64), np.float32)
+    img[12:-12, 10:-10] = 1.0
+    kspace = fft2c(simulated_coil_maps((64, 64), 6) * with_smooth_phase(img, rng)[None])
+    a = np.abs(sense_combine(kspace, espirit_maps(kspace, 20, backend="sigpy")))
+    b = np.abs(sense_combine(kspace, espirit_maps(kspace, 20, backend="bart")))
+    inside = img > 0
+    assert np.linalg.norm(a[inside] - b[inside]) / np.linalg.norm(a[inside]) < 0.02
+    with pytest.raises(InvalidInputError, match="backend"):
+        espirit_maps(kspace, 20, backend="matlab")

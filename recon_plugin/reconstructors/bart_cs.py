@@ -8,11 +8,10 @@ Per slice (never ``pics -L``, which gave wrong results with BART 0.8.00):
    off (``pics -w 1``), so ``lam`` always refers to this normalisation. The
    image is multiplied by ``scale`` afterwards; ``meta["normalisation"]``
    records it.
-2. Coil maps: the Problem's maps when it carries them (as the other methods);
-   else ``bart ecalib -m 1`` (ESPIRiT, BART's default eigenvalue crop, so the
-   maps and the image are zero outside the object) on the normalised k-space,
-   calibrated on the fully sampled centre (``-r`` = side of the largest fully
-   sampled centred square, capped at ``problem.calib_width``); one coil: ones.
+2. Coil maps: ``Problem.coil_maps()``, the maps every method uses: the
+   Problem's own, else ESPIRiT (``bart ecalib -m 1 -c 0`` when BART is present,
+   see ``recon_plugin.coils.espirit_maps``) calibrated on the fully sampled
+   centre, estimated once per problem; one coil: ones.
 3. ``bart pics -w 1 -p mask -R W:3:0:lam -i iters`` (FISTA; ``-i`` = FISTA
    iterations) or ``-R T:3:0:lam -i iters`` (ADMM, BART's only choice for TV;
    here ``-i`` caps the *total* inner CG iterations, not the ADMM iterations:
@@ -45,10 +44,10 @@ import numpy as np
 import torch
 
 from .. import bart
-from ..errors import BartTimeoutError, CoilMapError, InvalidInputError
-from ..masks import fully_sampled_centre
+from ..bart import from_bart, to_bart
+from ..errors import BartTimeoutError, InvalidInputError
 from ..physics import SenseOperator, ifft2c
-from ..problem import MIN_CALIB, Problem
+from ..problem import Problem
 from .base import Reconstructor, Result, relative_residual
 
 log = logging.getLogger(__name__)
@@ -89,19 +88,6 @@ def pics_modulation(n: int) -> np.ndarray:
         return np.full(n, 1.0 if n % 4 == 0 else -1.0, dtype=np.complex64)
     g = (np.pi / 2 if n % 4 == 3 else -np.pi / 2) + np.pi / (2 * n)
     return np.exp(1j * (2 * np.pi * m / n - g)).astype(np.complex64)
-
-
-def to_bart(array: np.ndarray) -> np.ndarray:
-    """[coils, ny, nx] (or [ny, nx]) -> BART dims (x=nx, y=ny, z=1, coils) (same memory order)."""
-    array = np.asarray(array)
-    if array.ndim == 2:
-        array = array[None]
-    return array.transpose(2, 1, 0)[:, :, None, :]
-
-
-def from_bart(array: np.ndarray, ny: int, nx: int) -> np.ndarray:
-    """BART dims (x=nx, y=ny, 1, coils...) -> [coils, ny, nx]."""
-    return np.asarray(array).reshape(nx, ny, -1, order="F").transpose(2, 1, 0)
 
 
 def normalisation_scale(kspace: np.ndarray, percentile: float = NORMALISATION_PERCENTILE) -> float:
@@ -173,40 +159,16 @@ class BartCS(Reconstructor):
                     f.cancel()
                 raise
 
-    def coil_maps(self, problem: Problem, timeout: float | None = None) -> tuple[np.ndarray, str]:
-        """Maps [coils, ny, nx] for ``problem`` and where they came from ("given", "ones" or "bart ecalib").
+    def coil_maps(self, problem: Problem) -> tuple[np.ndarray, str]:
+        """Maps [coils, ny, nx] for ``problem`` and where they came from ("given", "ones" or "espirit").
 
-        ESPIRiT maps are computed on the normalised k-space (ecalib is scale-free
-        up to float rounding) and do not change ``problem``.
+        The same maps every other method gets: ``Problem.coil_maps`` (ESPIRiT, by BART's ecalib
+        when BART is present), estimated once per problem.
         """
-        return self._maps(problem, problem.kspace / normalisation_scale(problem.kspace), timeout)
-
-    def _maps(self, problem: Problem, kspace: np.ndarray, timeout: float | None) -> tuple[np.ndarray, str]:
-        if problem.maps is not None:
-            return problem.maps, "given"
-        if problem.coils == 1:
+        if problem.coils == 1 and problem.maps is None:
             return np.ones((1, *problem.shape), dtype=np.complex64), "ones"
-        return self._ecalib(problem, kspace, timeout), "bart ecalib"
-
-    def _ecalib(self, problem: Problem, kspace: np.ndarray, timeout: float | None) -> np.ndarray:
-        width = min(problem.calib_width, fully_sampled_centre(problem.mask))
-        if width < MIN_CALIB:
-            raise CoilMapError(
-                f"only a {width}x{width} fully sampled k-space centre; BART's ESPIRiT needs at least "
-                f"{MIN_CALIB}x{MIN_CALIB} (acquire a larger calibration region or supply maps)"
-            )
-        (maps,) = bart.run_arrays(
-            ["ecalib", "-m", 1, "-r", width, "kspace", "sens"],
-            {"kspace": to_bart(kspace)},
-            ["sens"],
-            timeout,
-            threads=self.threads,
-            binary=self.binary,
-        )
-        maps = from_bart(maps, *problem.shape).astype(np.complex64)
-        if not np.isfinite(maps).all() or not np.abs(maps).any():
-            raise CoilMapError("BART's ESPIRiT produced no usable coil maps; check the calibration data")
-        return maps
+        maps = problem.coil_maps()
+        return maps, problem.maps_source  # type: ignore[return-value]
 
     def _reconstruct_one(self, problem: Problem) -> Result:
         start = time.perf_counter()
@@ -214,7 +176,7 @@ class BartCS(Reconstructor):
         lam = self.lambda_for(problem)
         scale = normalisation_scale(problem.kspace)
         y = problem.kspace / scale
-        maps, source = self._maps(problem, y, self.time_limit)
+        maps, source = self.coil_maps(problem)
         remaining = self.time_limit - (time.perf_counter() - start)
         if remaining <= 0:
             raise BartTimeoutError(
