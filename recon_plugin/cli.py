@@ -55,10 +55,11 @@ def demo(
     family: Annotated[str, typer.Option(help="mask family")] = "radial",
     acceleration: Annotated[float, typer.Option(help="acceleration")] = 5.0,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
-    raw: Annotated[bool, typer.Option(help="also replay the sample 3D raw file through the compare protocol")] = True,
+    raw: Annotated[bool, typer.Option(help="also replay the sample 3D raw file through side_by_side.xml")] = True,
 ) -> None:
     """Undersample the bundled sample slices, reconstruct with zero-filled and RGANCS, report SNR/SSIM;
-    then replay the sample 3D ISMRMRD file through Gadgetron's external-gadget protocol."""
+    then replay the sample 3D ISMRMRD file through the side-by-side protocol (zero-filled, RGANCS, BART CS-Wavelet,
+    CS-TV and the reference), exactly as Gadgetron runs its external gadgets."""
     from .demo import run_demo
     from .sample_data import DEMO_BUNDLE
 
@@ -87,8 +88,8 @@ def demo(
         root = SAMPLE_DIR.parent
         replay(
             root / "sample_data" / "raw" / "brain3d_fully_sampled.h5",
-            protocol=root / "protocols" / "compare_retro5x.xml",
-            out=out / "brain3d_compare.h5",
+            protocol=root / "protocols" / "side_by_side.xml",
+            out=out / "brain3d_side_by_side.h5",
             png=out / "brain3d_png",
         )
 
@@ -106,13 +107,16 @@ def replay(
 ) -> None:
     """Replay an ISMRMRD file through a protocol's gadgets, exactly as Gadgetron runs them."""
     from .preview import series_comparison
-    from .replay import format_summary, read_images, replay_file
+    from .replay import format_summary, partial_path, read_images, replay_file
 
     try:
         summary = replay_file(
             input_h5, protocol, out, png_dir=png, timeout=timeout, progress=progress, keep_partial=keep_partial
         )
     except ReconError as exc:
+        failed = getattr(exc, "images", None)
+        if keep_partial and failed:
+            console.print(f"{len(failed)} images from the branches that worked are in {partial_path(out)}")
         _fail(exc)
     except OSError as exc:
         console.print(f"[bold red]OSError[/]: {exc}")

@@ -28,6 +28,8 @@ _META_KEYS = {
     "snr_db": SNR_META,
     "ssim": SSIM_META,
     "retrospective": "Retrospective",
+    "lambda": "Lambda",
+    "iterations": "Iterations",
 }
 
 
