@@ -1,7 +1,8 @@
-"""Reconstructors behind one interface: ZeroFilled, RGANCS (BART CS joins later)."""
+"""Reconstructors behind one interface: ZeroFilled, RGANCS, BartCS (CS-Wavelet, CS-TV)."""
 
+from .bart_cs import BartCS
 from .base import Reconstructor, Result, resolve_device
 from .rgancs import RGANCS
 from .zero_filled import ZeroFilled
 
-__all__ = ["RGANCS", "Reconstructor", "Result", "ZeroFilled", "resolve_device"]
+__all__ = ["RGANCS", "BartCS", "Reconstructor", "Result", "ZeroFilled", "resolve_device"]
