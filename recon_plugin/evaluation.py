@@ -45,6 +45,28 @@ def multicoil_cases(
     return cases
 
 
+def image_cases(
+    images: np.ndarray,
+    indices: list[int] | range,
+    acceleration: float = 5.0,
+    seed: int = 200,
+    calib: int | None = None,
+    family: str = "radial",
+) -> list[Case]:
+    """Single-coil problems from complex images [n, ny, nx] (k = fft2c(x)), one mask per slice (seed + i,
+    the mask family's default centre unless ``calib`` is given); the reference is the image itself."""
+    from .physics import fft2c
+
+    cases = []
+    for i, index in enumerate(indices):
+        image = np.asarray(images[index], dtype=np.complex64)
+        kw = {} if calib is None else {"calib": calib}
+        mask = make_mask(family, image.shape, acceleration, seed=seed + i, **kw).mask
+        problem = Problem(kspace=fft2c(image)[None], mask=mask, meta={"slice": int(index)})
+        cases.append(Case(f"slice_{index}", problem, image))
+    return cases
+
+
 def compare(cases: list[Case], methods: list[Reconstructor]) -> list[dict]:
     """One row per (method, case): SNR dB, SSIM and seconds per slice."""
     rows = []

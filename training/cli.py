@@ -62,6 +62,46 @@ def demo_bundle(
     console.print(f"wrote {out}")
 
 
+@app.command("eval")
+def evaluate(
+    bundle: Annotated[Path, typer.Option(help="model bundle folder")],
+    data: Annotated[Path, typer.Option(help=".npy of complex images [n, ny, nx], or a folder with multicoil_kspace/")],
+    slices: Annotated[
+        str, typer.Option(help="slice range START:STOP of the .npy (e.g. the validation blocks)")
+    ] = "140:160",
+    acceleration: Annotated[float, typer.Option(help="acceleration of the radial view-ordered masks")] = 5.0,
+    iterations: Annotated[int, typer.Option(help="BART iterations")] = 300,
+    out: Annotated[Path | None, typer.Option(help="write the table (Markdown) and the rows (JSON)")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+) -> None:
+    """SNR, SSIM and seconds per slice for zero-filled, CS-WV, CS-TV and the bundle on the same slices and masks."""
+    import json
+
+    import numpy as np
+
+    from recon_plugin.evaluation import compare, image_cases, markdown_table, multicoil_cases
+    from recon_plugin.reconstructors import RGANCS, BartCS, ZeroFilled
+
+    if data.is_dir():
+        cases = multicoil_cases(data, acceleration=acceleration)
+    else:
+        start, stop = (int(v) for v in slices.split(":"))
+        cases = image_cases(np.load(data, mmap_mode="r"), range(start, stop), acceleration)
+    methods = [
+        ZeroFilled(),
+        BartCS("wavelet", iterations=iterations),
+        BartCS("tv", iterations=iterations),
+        RGANCS(bundle, device=device),
+    ]
+    rows = compare(cases, methods)
+    table = markdown_table(rows)
+    console.print(table)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(table + "\n")
+        out.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
+
+
 def main() -> None:
     """Console entry point."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
