@@ -106,3 +106,26 @@ def test_eval_command_compares_four_methods(tmp_path):
     zf = {r["slice"]: r["snr_db"] for r in rows if r["method"] == "zero_filled"}
     cs = {r["slice"]: r["snr_db"] for r in rows if r["method"] == "cs_wavelet"}
     assert all(cs[k] > zf[k] for k in zf)  # the baselines do their job on these slices
+
+
+def test_copies_view(tmp_path):
+    from PIL import Image
+
+    from recon_plugin.evaluation import image_cases
+    from recon_plugin.model import save_bundle
+    from recon_plugin.simulate import with_smooth_phase
+    from training.copies_view import copy_outputs, write_copies_view
+
+    save_bundle(RecurrentProximalNet(ModelConfig(copies=3, features=8)), tmp_path / "b", mask={}, training_data={})
+    bundle = load_bundle(tmp_path / "b")
+    rng = np.random.default_rng(1)
+    (case,) = image_cases(np.stack([with_smooth_phase(blobs(1, 64)[0], rng)]), [0])
+    outputs = copy_outputs(bundle, case.problem)
+    assert len(outputs) == 4 and all(o.shape == (64, 64) for o in outputs)  # zero-filled + 3 copies
+    from recon_plugin.reconstructors import RGANCS
+
+    final = RGANCS(bundle, device="cpu").reconstruct(case.problem).image
+    assert np.allclose(outputs[-1], final, atol=1e-5 * np.abs(final).max())  # the last copy is the output
+    case.problem.reference = case.reference
+    png = Image.open(write_copies_view(bundle, case.problem, tmp_path / "c.png"))
+    assert png.size[0] == 5 * 128 and png.getextrema()[1] > 0  # five columns, 64-pixel tiles enlarged x2

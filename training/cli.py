@@ -102,6 +102,27 @@ def evaluate(
         out.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
 
 
+@app.command("copies")
+def copies(
+    bundle: Annotated[Path, typer.Option(help="model bundle folder")],
+    data: Annotated[Path, typer.Option(help=".npy of complex images [n, ny, nx]")],
+    index: Annotated[int, typer.Option(help="slice index in the .npy")] = 150,
+    acceleration: Annotated[float, typer.Option(help="acceleration of the radial view-ordered mask")] = 5.0,
+    out: Annotated[Path, typer.Option(help="PNG to write")] = Path("copies.png"),
+) -> None:
+    """Each copy's output and its spectrum for one slice (like the paper's Fig. 10)."""
+    import numpy as np
+
+    from recon_plugin.evaluation import image_cases
+    from recon_plugin.model import load_bundle
+
+    from .copies_view import write_copies_view
+
+    (case,) = image_cases(np.load(data, mmap_mode="r"), [index], acceleration)
+    case.problem.reference = case.reference
+    console.print(f"wrote {write_copies_view(load_bundle(bundle), case.problem, out)}")
+
+
 def main() -> None:
     """Console entry point."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
