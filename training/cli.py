@@ -11,6 +11,8 @@ from rich.console import Console
 
 from recon_plugin.model import ModelConfig
 
+from .fit_cli import fit
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train RGANCS model bundles.")
 console = Console()
 
@@ -29,6 +31,9 @@ DEMO_NOTES = (
 @app.callback()
 def _root() -> None:
     """Train RGANCS model bundles."""
+
+
+app.command("fit")(fit)
 
 
 @app.command("demo-bundle")

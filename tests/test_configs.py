@@ -1,0 +1,28 @@
+"""The shipped training configurations load and describe the paper's models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from training.config import load_config
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.toml"))
+
+
+def test_there_are_configs():
+    assert {p.stem for p in CONFIGS} >= {"mri_10x1_shared_pixel", "mri_10x1_shared_lsgan", "mri_deep_1x10"}
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_config_loads(path):
+    config = load_config(path)
+    assert config.data.train_range == [0, 140] and config.data.val_range == [140, 160]  # split by scan block
+    assert config.optim.lr == 1e-5 and config.optim.batch_size == 2 and config.optim.beta1 == 0.9
+    if "lsgan" in path.stem:
+        assert config.loss.lambda_gan == 0.1 and config.loss.eta == 0.9
+    if "deep" in path.stem:
+        assert (config.model.copies, config.model.blocks) == (1, 10)
+    else:
+        assert (config.model.copies, config.model.blocks, config.model.shared) == (10, 1, True)

@@ -1,0 +1,258 @@
+"""The RGANCS training loop: config validation, GAN ramp, LSGAN terms, exact resume, bundle, Ctrl-C."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from recon_plugin.model import load_bundle
+from training.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from training.config import TrainConfig, config_from_dict, load_config
+from training.errors import CheckpointError, TrainingConfigError
+from training.loop import Trainer, _FullPrecisionOperator, gan_weight
+from training.losses import lsgan_discriminator, lsgan_generator
+
+N_SLICES, SIZE = 10, 32
+
+
+@pytest.fixture(scope="module")
+def slices_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Smooth synthetic 32x32 magnitude slices (ellipses of different sizes)."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[-1 : 1 : SIZE * 1j, -1 : 1 : SIZE * 1j]
+    out = []
+    for _ in range(N_SLICES):
+        a, b = rng.uniform(0.4, 0.9, 2)
+        img = ((xx / a) ** 2 + (yy / b) ** 2 < 1).astype(np.float32)
+        img += 0.5 * ((xx - rng.uniform(-0.2, 0.2)) ** 2 + yy**2 < rng.uniform(0.02, 0.08))
+        out.append(img)
+    path = tmp_path_factory.mktemp("data") / "slices.npy"
+    np.save(path, np.stack(out).astype(np.float32))
+    return path
+
+
+def make_raw(slices: Path, out: Path, **over: dict[str, Any]) -> dict[str, Any]:
+    raw: dict[str, Any] = {
+        "model": {"copies": 2, "blocks": 1, "features": 8},
+        "data": {"path": str(slices), "train_range": [0, 8], "val_range": [8, 10], "seed": 3},
+        "loss": {"eta": 1.0, "gamma": 0.5, "lambda_gan": 0.1, "gan_ramp_steps": 4},
+        "optim": {"lr": 1e-3, "batch_size": 2, "steps": 6, "schedule": "cosine"},
+        "run": {
+            "out": str(out),
+            "checkpoint_every": 0,
+            "validate_every": 3,
+            "log_every": 1,
+            "progress": False,
+            "device": "cpu",
+            "seed": 1,
+        },
+    }
+    for section, values in over.items():
+        raw.setdefault(section, {}).update(values)
+    return raw
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def make_config(slices: Path, out: Path, **over: dict[str, Any]) -> TrainConfig:
+    return config_from_dict(make_raw(slices, out, **over))
+
+
+# ---------------------------------------------------------------- config
+def test_load_config_from_toml_resolves_relative_paths(tmp_path: Path) -> None:
+    (tmp_path / "run.toml").write_text(
+        '[model]\ncopies = 2\nfeatures = 8\n[data]\npath = "slices.npy"\nmask_family = "poisson"\n'
+        '[loss]\nlambda_gan = 0.1\n[optim]\nsteps = 10\n[run]\nout = "runs/a"\n'
+    )
+    cfg = load_config(tmp_path / "run.toml")
+    assert cfg.model.copies == 2 and cfg.data.mask_family == "poisson"
+    assert cfg.optim.lr == 1e-5 and cfg.optim.batch_size == 2 and cfg.loss.gan_ramp_steps == 1000
+    assert Path(cfg.data.path) == tmp_path / "slices.npy" and Path(cfg.run.out) == tmp_path / "runs/a"
+
+
+@pytest.mark.parametrize(
+    ("section", "values", "key"),
+    [
+        ("optim", {"learning_rate": 1e-3}, "[optim].learning_rate"),
+        ("model", {"width": 3}, "[model].width"),
+        ("optim", {"lr": -1.0}, "[optim].lr"),
+        ("optim", {"steps": 0}, "[optim].steps"),
+        ("optim", {"schedule": "step"}, "[optim].schedule"),
+        ("data", {"mask_family": "spiral"}, "[data].mask_family"),
+        ("data", {"acceleration": 0.5}, "[data].acceleration"),
+        ("data", {"kind": "ismrmrd"}, "[data].kind"),
+        ("loss", {"eta": -0.1}, "[loss].eta"),
+        ("loss", {"gamma": 1.5}, "[loss].gamma"),
+        ("loss", {"lambda_gan": "0.1"}, "[loss].lambda_gan"),
+        ("model", {"copies": 0}, "[model].copies"),
+        ("model", {"output_activation": "softmax"}, "[model].output_activation"),
+        ("run", {"device": "tpu"}, "[run].device"),
+        ("run", {"bf16": 1}, "[run].bf16"),
+    ],
+)
+def test_bad_config_names_the_key(tmp_path: Path, section: str, values: dict[str, Any], key: str) -> None:
+    raw = make_raw(tmp_path / "s.npy", tmp_path, **{section: values})
+    with pytest.raises(TrainingConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):
+        config_from_dict(raw)
+
+
+def test_unknown_section_and_bad_data_file(tmp_path: Path, slices_path: Path) -> None:
+    with pytest.raises(TrainingConfigError, match="trainer"):
+        config_from_dict({"trainer": {}, "data": {"path": "x.npy"}})
+    cfg = make_config(tmp_path / "missing.npy", tmp_path)
+    with pytest.raises(TrainingConfigError, match=r"\[data\]\.path"):
+        Trainer(cfg)
+    cfg = make_config(slices_path, tmp_path, data={"train_range": [0, 9], "val_range": [8, 10]})
+    with pytest.raises(TrainingConfigError, match=r"\[data\]\.val_range"):
+        Trainer(cfg)
+
+
+# ---------------------------------------------------------------- losses
+def test_gan_weight_ramp() -> None:
+    assert gan_weight(0, 0.1, 1000) == 0.0
+    assert gan_weight(500, 0.1, 1000) == pytest.approx(0.05)
+    assert gan_weight(1000, 0.1, 1000) == pytest.approx(0.1)
+    assert gan_weight(5000, 0.1, 1000) == pytest.approx(0.1)
+    assert gan_weight(500, 0.0, 1000) == 0.0
+    assert gan_weight(0, 0.1, 0) == pytest.approx(0.1)
+
+
+def test_lsgan_terms_on_known_inputs() -> None:
+    real, fake = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 0.5])
+    assert lsgan_generator(fake).item() == pytest.approx((1 + 0.25) / 2)
+    assert lsgan_discriminator(real, fake).item() == pytest.approx((0 + 1) / 2 + (0 + 0.25) / 2)
+    assert lsgan_discriminator(torch.ones(3), torch.zeros(3)).item() == 0.0
+
+
+# ---------------------------------------------------------------- checkpoints
+def test_checkpoint_roundtrip_without_pickle(tmp_path: Path) -> None:
+    state = {
+        "t": torch.arange(4.0),
+        "nested": {0: {"a": torch.ones(2, dtype=torch.uint8)}, "b": (0.9, 0.999)},
+        "np": np.random.default_rng(5).bit_generator.state,
+        "none": None,
+    }
+    path = save_checkpoint(tmp_path / "c.safetensors", state)
+    back = load_checkpoint(path)
+    assert torch.equal(back["t"], state["t"]) and torch.equal(back["nested"][0]["a"], state["nested"][0]["a"])
+    assert back["nested"]["b"] == (0.9, 0.999) and back["np"] == state["np"] and back["none"] is None
+    assert not list(tmp_path.glob("*.tmp"))
+    (tmp_path / "bad.safetensors").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError):
+        load_checkpoint(tmp_path / "bad.safetensors")
+
+
+def _assert_same_weights(a: Trainer, b: Trainer) -> None:
+    for name, module in (("generator", "model"), ("discriminator", "disc")):
+        sa, sb = getattr(a, module).state_dict(), getattr(b, module).state_dict()
+        assert sa.keys() == sb.keys()
+        for key in sa:
+            assert torch.equal(sa[key], sb[key]), f"{name} {key} differs"
+
+
+def test_resume_is_exact_with_discriminator(tmp_path: Path, slices_path: Path) -> None:
+    straight = Trainer(make_config(slices_path, tmp_path / "a"))
+    straight.fit()
+    assert straight.disc is not None
+
+    half = Trainer(make_config(slices_path, tmp_path / "b", optim={"steps": 6}))
+    stop_at = 3
+
+    def interrupt(trainer: Trainer, stats: dict[str, float]) -> None:
+        if trainer.step == stop_at:
+            raise KeyboardInterrupt
+
+    half.callbacks.append(interrupt)
+    with pytest.raises(KeyboardInterrupt):  # Ctrl-C simulation leaves a resumable checkpoint
+        half.fit()
+    saved = list_checkpoints(tmp_path / "b" / "checkpoints")
+    assert [p.name for p in saved] == [f"checkpoint-{stop_at:08d}.safetensors"]
+
+    resumed = Trainer(make_config(slices_path, tmp_path / "b"))
+    resumed.fit(resume=tmp_path / "b")
+    assert resumed.step == 6
+    _assert_same_weights(straight, resumed)
+    for g1, g2 in zip(
+        straight.opt_d.state_dict()["state"].values(), resumed.opt_d.state_dict()["state"].values(), strict=True
+    ):
+        assert torch.equal(g1["exp_avg"], g2["exp_avg"])
+    rows = read_rows(tmp_path / "b" / "log.csv")
+    train_steps = [int(r["step"]) for r in rows if r["kind"] == "train"]
+    assert train_steps == [1, 2, 3, 4, 5, 6]  # no duplicated rows after resume
+
+
+def test_mismatched_resume_is_refused(tmp_path: Path, slices_path: Path) -> None:
+    first = Trainer(make_config(slices_path, tmp_path / "a", optim={"steps": 2}, run={"validate_every": 0}))
+    first.fit()
+    other = Trainer(make_config(slices_path, tmp_path / "b", model={"features": 4}))
+    with pytest.raises(CheckpointError, match="features"):
+        other.resume(tmp_path / "a")
+    no_gan = Trainer(make_config(slices_path, tmp_path / "c", loss={"lambda_gan": 0.0}))
+    with pytest.raises(CheckpointError, match="lambda_gan"):
+        no_gan.fit(resume=tmp_path / "a")
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        no_gan.resume(tmp_path / "nowhere")
+
+
+# ---------------------------------------------------------------- end to end
+def test_fit_writes_bundle_and_log(tmp_path: Path, slices_path: Path) -> None:
+    cfg = make_config(
+        slices_path,
+        tmp_path / "run",
+        loss={"lambda_gan": 0.0},
+        optim={"steps": 4},
+        run={"validate_every": 2, "log_every": 2, "checkpoint_every": 2},
+    )
+    trainer = Trainer(cfg)
+    assert trainer.disc is None
+    metrics = trainer.fit()
+    assert set(metrics) == {"snr_db", "ssim", "zero_filled_snr_db", "zero_filled_ssim"}
+    bundle = load_bundle(tmp_path / "run" / "bundle")
+    assert bundle.sidecar["model"]["copies"] == 2 and bundle.sidecar["mask"]["family"] == "radial"
+    assert bundle.sidecar["training"]["steps"] == 4 and bundle.sidecar["validation"] == metrics
+    assert bundle.sidecar["training_data"]["train_slices"] == 8
+    rows = read_rows(tmp_path / "run" / "log.csv")
+    val = [r for r in rows if r["kind"] == "val"]
+    assert [int(r["step"]) for r in val] == [2, 4] and all(float(r["ssim"]) > 0 for r in val)
+    assert all(float(r["slices_per_s"]) > 0 for r in rows if r["kind"] == "train")
+    assert [p.name for p in list_checkpoints(tmp_path / "run" / "checkpoints")][-1] == "checkpoint-00000004.safetensors"
+
+
+def test_real_sigint_stops_after_the_step_with_a_checkpoint(tmp_path: Path, slices_path: Path) -> None:
+    import os
+    import signal
+
+    def press_ctrl_c(trainer: Trainer, stats: dict[str, float]) -> None:
+        if trainer.step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    trainer = Trainer(make_config(slices_path, tmp_path / "run", run={"validate_every": 0}), callbacks=[press_ctrl_c])
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    assert trainer.step == 2
+    state = load_checkpoint(list_checkpoints(tmp_path / "run" / "checkpoints")[-1])
+    assert state["step"] == 2 and state["data_rng"] == trainer.train_data.rng.bit_generator.state
+
+
+def test_bf16_path_keeps_data_consistency_in_complex64(tmp_path: Path, slices_path: Path) -> None:
+    """The autocast path (CUDA-only in configs) exercised on CPU: network in bf16, DC and losses in fp32."""
+    trainer = Trainer(make_config(slices_path, tmp_path / "run", run={"bf16": True}))
+    assert trainer.bf16 is False  # ignored on CPU
+    trainer.bf16 = True
+    seen: list[torch.dtype] = []
+    trainer.model.proximals[0].register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    stats = [trainer.train_step() for _ in range(2)]
+    assert all(np.isfinite(v) for s in stats for v in s.values())
+    assert seen and all(d == torch.bfloat16 for d in seen)
+    batch = trainer.val_batches[0]
+    with torch.no_grad(), trainer._autocast():
+        x_hat, outputs = trainer.model(batch.y, _FullPrecisionOperator(batch.op, "cpu"))
+    assert x_hat.dtype == torch.complex64 and all(o.dtype == torch.complex64 for o in outputs)

@@ -1,0 +1,276 @@
+"""Training configuration: a TOML file with [model], [data], [loss], [optim] and [run] sections.
+
+Every key is checked before training starts: an unknown key or an impossible
+value raises :class:`TrainingConfigError` naming ``[section].key``. Relative
+paths (``data.path``, ``run.out``) are resolved against the TOML file's folder.
+"""
+
+from __future__ import annotations
+
+import tomllib
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from recon_plugin.model import ModelConfig
+
+from .errors import TrainingConfigError
+
+MASK_FAMILIES = ("radial", "poisson", "lines")
+DATA_KINDS = ("images",)
+SCHEDULES = ("none", "cosine")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def _fail(section: str, key: str, why: str) -> TrainingConfigError:
+    return TrainingConfigError(f"[{section}].{key}: {why}")
+
+
+@dataclass
+class DataConfig:
+    """Where slices come from and how k-space is simulated."""
+
+    kind: str = "images"
+    path: str = ""
+    train_range: list[int] | None = None
+    val_range: list[int] | None = None
+    val_fraction: float = 0.1
+    mask_family: str = "radial"
+    acceleration: float = 5.0
+    per_sample_masks: bool = True
+    augment: bool = True
+    percentile: float = 99.0
+    seed: int = 0
+
+    def check(self) -> None:
+        """Raise TrainingConfigError on an impossible value."""
+        s = "data"
+        if self.kind not in DATA_KINDS:
+            raise _fail(s, "kind", f"{self.kind!r} is not supported; use one of {', '.join(DATA_KINDS)}")
+        if not self.path:
+            raise _fail(s, "path", "a .npy file of slices [n, ny, nx] is required")
+        for key in ("train_range", "val_range"):
+            rng = getattr(self, key)
+            if rng is not None and (len(rng) != 2 or rng[0] < 0 or rng[1] <= rng[0]):
+                raise _fail(s, key, f"expected [start, stop) with 0 <= start < stop, got {rng}")
+        if not 0 < self.val_fraction < 1:
+            raise _fail(s, "val_fraction", f"must be in (0, 1), got {self.val_fraction}")
+        if self.mask_family not in MASK_FAMILIES:
+            raise _fail(s, "mask_family", f"unknown family {self.mask_family!r}; use one of {', '.join(MASK_FAMILIES)}")
+        if self.acceleration < 1:
+            raise _fail(s, "acceleration", f"must be >= 1, got {self.acceleration}")
+        if not 0 < self.percentile <= 100:
+            raise _fail(s, "percentile", f"must be in (0, 100], got {self.percentile}")
+        if self.seed < 0:
+            raise _fail(s, "seed", f"must be >= 0, got {self.seed}")
+
+
+@dataclass
+class LossConfig:
+    """Generator cost weights (paper: fidelity + eta * pixel + lambda(t) * LSGAN)."""
+
+    eta: float = 1.0
+    gamma: float = 0.5
+    lambda_gan: float = 0.0
+    gan_ramp_steps: int = 1000
+    fidelity_weight: float = 1.0
+
+    def check(self) -> None:
+        """Raise TrainingConfigError on an impossible value."""
+        s = "loss"
+        if self.eta < 0:
+            raise _fail(s, "eta", f"must be >= 0, got {self.eta}")
+        if not 0 <= self.gamma <= 1:
+            raise _fail(s, "gamma", f"must be in [0, 1], got {self.gamma}")
+        if self.lambda_gan < 0:
+            raise _fail(s, "lambda_gan", f"must be >= 0, got {self.lambda_gan}")
+        if self.gan_ramp_steps < 0:
+            raise _fail(s, "gan_ramp_steps", f"must be >= 0, got {self.gan_ramp_steps}")
+        if self.fidelity_weight < 0:
+            raise _fail(s, "fidelity_weight", f"must be >= 0, got {self.fidelity_weight}")
+
+
+@dataclass
+class OptimConfig:
+    """Adam settings (paper defaults: lr 1e-5, betas 0.9/0.999, batch 2) and schedule."""
+
+    lr: float = 1e-5
+    lr_d: float | None = None
+    beta1: float = 0.9
+    beta2: float = 0.999
+    batch_size: int = 2
+    steps: int = 1000
+    clip: float = 1.0
+    schedule: str = "none"
+
+    def check(self) -> None:
+        """Raise TrainingConfigError on an impossible value."""
+        s = "optim"
+        if not self.lr > 0:
+            raise _fail(s, "lr", f"must be > 0, got {self.lr}")
+        if self.lr_d is not None and not self.lr_d > 0:
+            raise _fail(s, "lr_d", f"must be > 0, got {self.lr_d}")
+        for key in ("beta1", "beta2"):
+            if not 0 <= getattr(self, key) < 1:
+                raise _fail(s, key, f"must be in [0, 1), got {getattr(self, key)}")
+        if self.batch_size < 1:
+            raise _fail(s, "batch_size", f"must be >= 1, got {self.batch_size}")
+        if self.steps < 1:
+            raise _fail(s, "steps", f"must be >= 1, got {self.steps}")
+        if self.clip < 0:
+            raise _fail(s, "clip", f"must be >= 0 (0 = no clipping), got {self.clip}")
+        if self.schedule not in SCHEDULES:
+            raise _fail(s, "schedule", f"unknown schedule {self.schedule!r}; use one of {', '.join(SCHEDULES)}")
+
+
+@dataclass
+class RunConfig:
+    """Output folder, cadence of checkpoints/validation/logging, seed and device."""
+
+    out: str = "runs/rgancs"
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    validate_every: int = 500
+    log_every: int = 10
+    seed: int = 0
+    device: str = "auto"
+    bf16: bool = False
+    progress: bool = True
+
+    def check(self) -> None:
+        """Raise TrainingConfigError on an impossible value."""
+        s = "run"
+        for key in ("checkpoint_every", "validate_every", "log_every"):
+            if getattr(self, key) < 0:
+                raise _fail(s, key, f"must be >= 0 (0 = never), got {getattr(self, key)}")
+        if self.keep_checkpoints < 1:
+            raise _fail(s, "keep_checkpoints", f"must be >= 1, got {self.keep_checkpoints}")
+        if self.seed < 0:
+            raise _fail(s, "seed", f"must be >= 0, got {self.seed}")
+        if self.device not in DEVICES:
+            raise _fail(s, "device", f"unknown device {self.device!r}; use one of {', '.join(DEVICES)}")
+
+
+@dataclass
+class TrainConfig:
+    """A whole training run."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def check(self) -> None:
+        """Validate every section."""
+        for section in (self.data, self.loss, self.optim, self.run):
+            section.check()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, JSON-serialisable dict (the inverse of :func:`config_from_dict`)."""
+        return {
+            "model": self.model.to_dict(),
+            "data": asdict(self.data),
+            "loss": asdict(self.loss),
+            "optim": asdict(self.optim),
+            "run": asdict(self.run),
+        }
+
+
+_SECTIONS: dict[str, type] = {
+    "model": ModelConfig,
+    "data": DataConfig,
+    "loss": LossConfig,
+    "optim": OptimConfig,
+    "run": RunConfig,
+}
+_MODEL_KEYS = ("copies", "blocks", "features", "shared", "data_consistency", "output_activation", "channels")
+
+
+def _allowed_types(annotation: Any) -> tuple[type, ...]:
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        return tuple(t for a in typing.get_args(annotation) for t in _allowed_types(a))
+    origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
+        return (str,)
+    if annotation is None or annotation is type(None):
+        return (type(None),)
+    return (origin or annotation,)
+
+
+def _coerce(section: str, key: str, value: Any, annotation: Any) -> Any:
+    if typing.get_origin(annotation) is typing.Literal and value not in typing.get_args(annotation):
+        choices = ", ".join(map(str, typing.get_args(annotation)))
+        raise _fail(section, key, f"unknown value {value!r}; use one of {choices}")
+    allowed = _allowed_types(annotation)
+    if isinstance(value, bool) and bool not in allowed:
+        raise _fail(section, key, f"expected {'/'.join(t.__name__ for t in allowed)}, got {value!r}")
+    if float in allowed and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, allowed):
+        raise _fail(section, key, f"expected {'/'.join(t.__name__ for t in allowed)}, got {value!r}")
+    if isinstance(value, list) and not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise _fail(section, key, f"expected a list of integers, got {value!r}")
+    return value
+
+
+def _section(name: str, table: Any) -> Any:
+    cls = _SECTIONS[name]
+    if not isinstance(table, dict):
+        raise TrainingConfigError(f"[{name}] must be a table, got {table!r}")
+    known = {f.name for f in fields(cls)}
+    hints = typing.get_type_hints(cls)
+    allowed = _MODEL_KEYS if name == "model" else tuple(known)
+    for key in table:
+        if key not in allowed:
+            raise _fail(name, key, f"unknown key; known keys are {', '.join(allowed)}")
+    values = {key: _coerce(name, key, table[key], hints[key]) for key in table}
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as exc:  # ModelConfig's own checks
+        bad = next((k for k in values if k in str(exc)), next(iter(values), "?"))
+        raise _fail(name, bad, str(exc)) from exc
+
+
+def config_from_dict(raw: dict[str, Any], base_dir: str | Path | None = None) -> TrainConfig:
+    """Build and validate a TrainConfig; relative paths are resolved against ``base_dir`` when given."""
+    for name in raw:
+        if name not in _SECTIONS:
+            raise TrainingConfigError(f"[{name}]: unknown section; known sections are {', '.join(_SECTIONS)}")
+    parts = {name: _section(name, raw.get(name, {})) for name in _SECTIONS}
+    config = TrainConfig(**parts)
+    if config.model.features < 1 or config.model.copies < 1:
+        raise _fail("model", "features" if config.model.features < 1 else "copies", "must be >= 1")
+    if base_dir is not None:
+        base = Path(base_dir)
+        if config.data.path and not Path(config.data.path).is_absolute():
+            config.data.path = str(base / config.data.path)
+        if not Path(config.run.out).is_absolute():
+            config.run.out = str(base / config.run.out)
+    config.check()
+    return config
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """Read and validate a TOML training configuration."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise TrainingConfigError(f"no training configuration at {path}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise TrainingConfigError(f"{path} is not valid TOML: {exc}") from exc
+    return config_from_dict(raw, base_dir=path.parent)
+
+
+__all__ = [
+    "DataConfig",
+    "LossConfig",
+    "OptimConfig",
+    "RunConfig",
+    "TrainConfig",
+    "config_from_dict",
+    "load_config",
+]

@@ -1,0 +1,42 @@
+"""``recon-train fit --config run.toml [--resume RUN_OR_CHECKPOINT]``, for the owner to register.
+
+Register with ``app.command("fit")(fit)`` in ``training/cli.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from recon_plugin.errors import ReconError
+
+log = logging.getLogger(__name__)
+
+
+def fit(
+    config: Annotated[Path, typer.Option("--config", help="training configuration (TOML)")],
+    resume: Annotated[
+        Path | None, typer.Option(help="checkpoint file or run folder to continue from (newest checkpoint)")
+    ] = None,
+) -> None:
+    """Train an RGANCS bundle from a TOML configuration (GAN optional); Ctrl-C saves a checkpoint."""
+    from .config import load_config
+    from .loop import Trainer
+
+    out: str | None = None
+    try:
+        cfg = load_config(config)
+        out = cfg.run.out
+        trainer = Trainer(cfg)
+        metrics = trainer.fit(resume=resume)
+    except ReconError as exc:
+        log.error("%s: %s", type(exc).__name__, exc)
+        raise typer.Exit(2) from exc
+    except KeyboardInterrupt as exc:
+        log.warning("stopped; resume with --resume %s", out or "<run folder>")
+        raise typer.Exit(130) from exc
+    log.info("validation: %s", {k: round(v, 4) for k, v in metrics.items()})
+    log.info("wrote %s", Path(cfg.run.out) / "bundle")
