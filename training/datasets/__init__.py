@@ -1,0 +1,28 @@
+"""Training data sets: ISMRMRD raw files, image arrays with simulated k-space, image folders for super-resolution.
+
+Every MR data set returns ``training.data.Batch(y, op, x)`` normalised exactly as ``RGANCS`` does at
+inference; the super-resolution set returns ``SRBatch(y, op, x, x0)``. Each keeps its random state
+in ``rng`` (a numpy Generator) for checkpointing.
+"""
+
+from .arrays import ImageArraySlices, Split, load_slices, siat_blocks
+from .base import DatasetError, EmptyDatasetError, ImageTooSmallError, NotFullySampledError, UnreadableImageError
+from .ismrmrd_raw import RawFileSlices, RawSlice, assemble_file
+from .superres import ImageFolderSR, SRBatch
+
+__all__ = [
+    "DatasetError",
+    "EmptyDatasetError",
+    "ImageArraySlices",
+    "ImageFolderSR",
+    "ImageTooSmallError",
+    "NotFullySampledError",
+    "RawFileSlices",
+    "RawSlice",
+    "SRBatch",
+    "Split",
+    "UnreadableImageError",
+    "assemble_file",
+    "load_slices",
+    "siat_blocks",
+]

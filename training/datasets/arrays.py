@@ -1,0 +1,189 @@
+"""Image arrays (.npy or NIfTI) -> simulated, undersampled, normalised training examples."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from recon_plugin.errors import InvalidInputError
+from recon_plugin.masks import make_mask
+from recon_plugin.physics import SenseOperator, fft2c
+from recon_plugin.simulate import simulated_coil_maps, with_smooth_phase
+from training.data import Batch
+
+from .base import EmptyDatasetError, ImageTooSmallError, UnreadableImageError, augment, normalised_batch
+
+#: Slices per SIAT block (one scan each).
+SIAT_BLOCK = 10
+
+
+class Split(NamedTuple):
+    """Slice indices of a train / validation split."""
+
+    train: np.ndarray
+    val: np.ndarray
+
+
+def siat_blocks(
+    train: Iterable[int] = range(1, 15),
+    val: Iterable[int] = (15, 16),
+    *,
+    block_size: int = SIAT_BLOCK,
+    blocks: int = 16,
+) -> Split:
+    """Slice indices of SIAT blocks (1-based, ``block_size`` consecutive slices per scan) for a split by block."""
+    train_b, val_b = sorted({int(b) for b in train}), sorted({int(b) for b in val})
+    bad = [b for b in train_b + val_b if not 1 <= b <= blocks]
+    if bad:
+        raise InvalidInputError(f"SIAT blocks are numbered 1..{blocks}; got {bad}")
+    if set(train_b) & set(val_b):
+        raise InvalidInputError(f"blocks {sorted(set(train_b) & set(val_b))} are in both train and val (slices leak)")
+
+    def indices(bs: list[int]) -> np.ndarray:
+        return np.array([(b - 1) * block_size + i for b in bs for i in range(block_size)], dtype=np.int64)
+
+    return Split(indices(train_b), indices(val_b))
+
+
+def load_slices(source: str | Path | np.ndarray, axis: int = 0) -> np.ndarray:
+    """Slices [n, ny, nx] from an array, a .npy file (memory-mapped) or a NIfTI volume (slices along ``axis``)."""
+    if isinstance(source, np.ndarray):
+        data = source
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise UnreadableImageError(f"image file {path} does not exist")
+        name = path.name.lower()
+        try:
+            if name.endswith(".npy"):
+                data = np.load(path, mmap_mode="r", allow_pickle=False)
+            elif name.endswith((".nii", ".nii.gz")):
+                import nibabel as nib
+
+                data = np.asarray(nib.load(str(path)).dataobj)
+            else:
+                raise UnreadableImageError(f"{path}: unknown image file kind; use .npy, .nii or .nii.gz")
+        except UnreadableImageError:
+            raise
+        except Exception as exc:  # numpy and nibabel raise many unrelated types for corrupt files
+            raise UnreadableImageError(
+                f"{path} cannot be read as an image array ({type(exc).__name__}: {exc})"
+            ) from exc
+    if data.ndim == 2:
+        data = data[None]
+    elif data.ndim == 3 and axis != 0:
+        data = np.moveaxis(data, axis, 0)
+    elif data.ndim != 3:
+        raise UnreadableImageError(f"image arrays must be 2D or 3D, got shape {data.shape}")
+    if data.dtype.kind not in "biufc":
+        raise UnreadableImageError(f"image arrays must be numeric, got dtype {data.dtype}")
+    return data
+
+
+class ImageArraySlices:
+    """Examples simulated from image slices: phase, coil maps, noise, mask, normalised like inference.
+
+    ``source``: array, .npy (memory-mapped) or NIfTI volume; ``axis`` picks the slice axis of a
+    volume; ``slices`` selects slice indices (e.g. ``siat_blocks().train``). Magnitude slices get a
+    smooth random phase per draw. ``crop`` (int or (ny, nx)) centre-crops every slice to one
+    matrix (a random position with ``random_crop``); slices smaller than the crop are an
+    ImageTooSmallError unless ``pad`` (zero padding). ``coils`` > 1 uses simulated coil maps;
+    ``noise`` adds complex Gaussian k-space noise of std ``noise`` x RMS(|image|). ``augment``
+    flips and (square) rotates. Masks are drawn per example or fixed. x is the noise-free image.
+    """
+
+    def __init__(
+        self,
+        source: str | Path | np.ndarray,
+        *,
+        slices: Sequence[int] | np.ndarray | None = None,
+        axis: int = 0,
+        crop: int | tuple[int, int] | None = None,
+        pad: bool = False,
+        random_crop: bool = False,
+        coils: int = 1,
+        noise: float = 0.0,
+        mask_family: str = "radial",
+        acceleration: float = 5.0,
+        per_sample_masks: bool = True,
+        calib: int | tuple[int, int] | None = None,
+        augment: bool = True,
+        percentile: float = 99.0,
+        seed: int = 0,
+    ) -> None:
+        self.data = load_slices(source, axis)
+        self.indices = np.arange(len(self.data)) if slices is None else np.asarray(slices, dtype=np.int64)
+        if self.indices.size == 0:
+            raise EmptyDatasetError("no slice selected")
+        if self.indices.min() < 0 or self.indices.max() >= len(self.data):
+            raise InvalidInputError(f"slice indices must be in 0..{len(self.data) - 1}")
+        if coils < 1 or noise < 0:
+            raise InvalidInputError(f"coils must be >= 1 and noise >= 0, got {coils} and {noise}")
+        source_shape = tuple(int(s) for s in self.data.shape[1:])
+        shape = source_shape if crop is None else ((crop, crop) if isinstance(crop, int) else tuple(crop))
+        if not pad and (shape[0] > source_shape[0] or shape[1] > source_shape[1]):
+            raise ImageTooSmallError(
+                f"slices are {source_shape[0]}x{source_shape[1]}, smaller than the {shape[0]}x{shape[1]} crop; "
+                "choose a smaller crop or pad=True"
+            )
+        self.shape: tuple[int, int] = (int(shape[0]), int(shape[1]))
+        self.pad, self.random_crop, self.augment = pad, random_crop, augment
+        self.noise, self.percentile = float(noise), percentile
+        self.mask_family, self.acceleration, self.calib = mask_family, acceleration, calib
+        self.per_sample_masks = per_sample_masks
+        self.maps = None if coils == 1 else torch.from_numpy(simulated_coil_maps(self.shape, coils))
+        self.rng = np.random.default_rng(seed)
+        self.fixed_mask = self._make_mask(seed)
+
+    def __len__(self) -> int:
+        return int(self.indices.size)
+
+    def _make_mask(self, seed: int) -> np.ndarray:
+        return make_mask(self.mask_family, self.shape, self.acceleration, seed=seed, calib=self.calib).mask
+
+    def _fit(self, img: np.ndarray) -> np.ndarray:
+        """Crop (centred or random) and zero-pad to ``self.shape``."""
+        out = img
+        for ax, n in enumerate(self.shape):
+            size = out.shape[ax]
+            if size > n:
+                start = int(self.rng.integers(size - n + 1)) if self.random_crop else (size - n) // 2
+                out = out[start : start + n] if ax == 0 else out[:, start : start + n]
+            elif size < n:
+                before = (n - size) // 2
+                widths = [(0, 0), (0, 0)]
+                widths[ax] = (before, n - size - before)
+                out = np.pad(out, widths)
+        return out
+
+    def _image(self, position: int) -> np.ndarray:
+        img = np.asarray(self.data[int(self.indices[position])])
+        img = self._fit(img)
+        img = img.astype(np.complex64) if np.iscomplexobj(img) else with_smooth_phase(img.astype(np.float32), self.rng)
+        return augment(img, self.rng) if self.augment else np.ascontiguousarray(img)
+
+    def _mask(self) -> np.ndarray:
+        return self._make_mask(int(self.rng.integers(2**31))) if self.per_sample_masks else self.fixed_mask
+
+    def batch(self, positions: Sequence[int] | np.ndarray) -> Batch:
+        """A normalised batch of the selected slices at ``positions`` (0..len-1)."""
+        x = torch.from_numpy(np.stack([self._image(int(p)) for p in positions]))
+        masks = torch.from_numpy(np.stack([self._mask() for _ in positions]))
+        maps = None if self.maps is None else self.maps.expand(len(x), -1, -1, -1)
+        op = SenseOperator(masks, maps)
+        k = fft2c(op.coil_images(x))
+        if self.noise > 0:
+            rms = x.abs().pow(2).mean(dim=(-2, -1)).sqrt()[:, None, None, None]
+            white = self.rng.standard_normal((*k.shape, 2)).astype(np.float32)
+            noise = torch.view_as_complex(torch.from_numpy(white)) * (self.noise / np.sqrt(2.0))
+            k = k + noise * rms
+        y = k * masks.unsqueeze(1)
+        return normalised_batch(y, op, x, self.percentile)
+
+    def sample(self, batch_size: int) -> Batch:
+        """A random batch."""
+        return self.batch(self.rng.integers(0, len(self), batch_size))
