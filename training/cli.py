@@ -12,6 +12,7 @@ from rich.console import Console
 from recon_plugin.model import ModelConfig
 
 from .fit_cli import fit
+from .sweep import sweep
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train RGANCS model bundles.")
 console = Console()
@@ -34,6 +35,7 @@ def _root() -> None:
 
 
 app.command("fit")(fit)
+app.command("sweep")(sweep)
 
 
 @app.command("demo-bundle")
