@@ -12,7 +12,12 @@ CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.toml"
 
 
 def test_there_are_configs():
-    assert {p.stem for p in CONFIGS} >= {"mri_10x1_shared_pixel", "mri_10x1_shared_lsgan", "mri_deep_1x10"}
+    assert {p.stem for p in CONFIGS} >= {
+        "mri_10x1_shared_pixel",
+        "mri_10x1_shared_lsgan",
+        "mri_deep_1x10",
+        "sr_5x2_independent",
+    }
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
@@ -22,7 +27,11 @@ def test_config_loads(path):
     assert config.optim.lr == 1e-5 and config.optim.batch_size == 2 and config.optim.beta1 == 0.9
     if "lsgan" in path.stem:
         assert config.loss.lambda_gan == 0.1 and config.loss.eta == 0.9
-    if "deep" in path.stem:
+    if config.data.kind == "sr":  # super-resolution: 1 channel in [0, 1], independent copies
+        assert (config.model.copies, config.model.blocks, config.model.shared) == (5, 2, False)
+        assert (config.model.channels, config.model.output_activation) == (1, "sigmoid")
+        assert (config.data.crop, config.data.sr_kernel) == (128, 4)
+    elif "deep" in path.stem:
         assert (config.model.copies, config.model.blocks) == (1, 10)
     else:
         assert (config.model.copies, config.model.blocks, config.model.shared) == (10, 1, True)

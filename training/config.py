@@ -2,7 +2,19 @@
 
 Every key is checked before training starts: an unknown key or an impossible
 value raises :class:`TrainingConfigError` naming ``[section].key``. Relative
-paths (``data.path``, ``run.out``) are resolved against the TOML file's folder.
+paths (``data.path``, ``data.paths``, ``run.out``) are resolved against the TOML
+file's folder. Whether the data exist is checked when the Trainer is built, not here.
+
+``[data] kind``:
+
+- ``"images"``: ``path`` is a .npy or NIfTI file of slices (``axis`` picks the slice axis);
+  k-space is simulated (``coils``, ``noise``, ``crop``); split by ``train_range``/``val_range``,
+  by SIAT blocks (``train_blocks``/``val_blocks``, 10 slices each) or by ``val_fraction``.
+- ``"raw"``: fully sampled ISMRMRD files, ``paths`` (a list) or ``path`` (a file or a glob);
+  every assembled slice is one example, split like "images" (ranges or ``val_fraction``).
+- ``"sr"``: ``path`` is a folder of PNG/JPG images; random ``crop`` x ``crop`` grayscale crops
+  (default 128), ``sr_kernel`` x ``sr_kernel`` block average, network input = ``sr_steps``
+  gradient steps of ``sr_step``. Needs ``[model] channels = 1, output_activation = "sigmoid"``.
 """
 
 from __future__ import annotations
@@ -19,7 +31,7 @@ from recon_plugin.model import ModelConfig
 from .errors import TrainingConfigError
 
 MASK_FAMILIES = ("radial", "poisson", "lines")
-DATA_KINDS = ("images",)
+DATA_KINDS = ("images", "raw", "sr")
 SCHEDULES = ("none", "cosine")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -34,8 +46,18 @@ class DataConfig:
 
     kind: str = "images"
     path: str = ""
+    paths: list[str] | None = None
     train_range: list[int] | None = None
     val_range: list[int] | None = None
+    train_blocks: list[int] | None = None
+    val_blocks: list[int] | None = None
+    axis: int = 0
+    coils: int = 1
+    noise: float = 0.0
+    crop: int = 0
+    sr_kernel: int = 4
+    sr_steps: int = 5
+    sr_step: float = 0.1
     val_fraction: float = 0.1
     mask_family: str = "radial"
     acceleration: float = 5.0
@@ -49,12 +71,29 @@ class DataConfig:
         s = "data"
         if self.kind not in DATA_KINDS:
             raise _fail(s, "kind", f"{self.kind!r} is not supported; use one of {', '.join(DATA_KINDS)}")
-        if not self.path:
-            raise _fail(s, "path", "a .npy file of slices [n, ny, nx] is required")
+        if not self.path and not (self.kind == "raw" and self.paths):
+            what = {"images": "a .npy or NIfTI file of slices", "raw": "raw files (or give paths)", "sr": "a folder"}
+            raise _fail(s, "path", f"{what[self.kind]} is required")
+        if self.paths is not None and self.kind != "raw":
+            raise _fail(s, "paths", 'only used with kind = "raw"; give path instead')
         for key in ("train_range", "val_range"):
             rng = getattr(self, key)
             if rng is not None and (len(rng) != 2 or rng[0] < 0 or rng[1] <= rng[0]):
                 raise _fail(s, key, f"expected [start, stop) with 0 <= start < stop, got {rng}")
+        blocks = self.train_blocks is not None or self.val_blocks is not None
+        if blocks and self.kind != "images":
+            raise _fail(s, "train_blocks", 'SIAT blocks are only used with kind = "images"')
+        if blocks and (self.train_range is not None or self.val_range is not None):
+            raise _fail(s, "train_blocks", "give train_range/val_range or train_blocks/val_blocks, not both")
+        for key, minimum in (("axis", 0), ("coils", 1), ("crop", 0), ("sr_kernel", 1), ("sr_steps", 0)):
+            if getattr(self, key) < minimum:
+                raise _fail(s, key, f"must be >= {minimum}, got {getattr(self, key)}")
+        if self.noise < 0:
+            raise _fail(s, "noise", f"must be >= 0, got {self.noise}")
+        if self.sr_step <= 0:
+            raise _fail(s, "sr_step", f"must be > 0, got {self.sr_step}")
+        if self.kind == "sr" and self.crop and self.crop % self.sr_kernel:
+            raise _fail(s, "crop", f"must be a multiple of sr_kernel {self.sr_kernel}, got {self.crop}")
         if not 0 < self.val_fraction < 1:
             raise _fail(s, "val_fraction", f"must be in (0, 1), got {self.val_fraction}")
         if self.mask_family not in MASK_FAMILIES:
@@ -167,6 +206,18 @@ class TrainConfig:
         """Validate every section."""
         for section in (self.data, self.loss, self.optim, self.run):
             section.check()
+        m = self.model
+        if self.data.kind == "sr":
+            if m.channels != 1:
+                raise _fail("model", "channels", f'super-resolution (kind = "sr") needs channels = 1, got {m.channels}')
+            if m.output_activation != "sigmoid":
+                raise _fail("model", "output_activation", 'super-resolution needs output_activation = "sigmoid"')
+            if m.data_consistency != "gradient":
+                raise _fail("model", "data_consistency", 'super-resolution needs data_consistency = "gradient"')
+        elif m.channels != 2:
+            raise _fail(
+                "model", "channels", f"complex MR (kind = {self.data.kind!r}) needs channels = 2, got {m.channels}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON-serialisable dict (the inverse of :func:`config_from_dict`)."""
@@ -211,9 +262,18 @@ def _coerce(section: str, key: str, value: Any, annotation: Any) -> Any:
         return float(value)
     if not isinstance(value, allowed):
         raise _fail(section, key, f"expected {'/'.join(t.__name__ for t in allowed)}, got {value!r}")
-    if isinstance(value, list) and not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-        raise _fail(section, key, f"expected a list of integers, got {value!r}")
+    if isinstance(value, list):
+        item = str if str in _list_items(annotation) else int
+        if not all(isinstance(v, item) and not isinstance(v, bool) for v in value):
+            raise _fail(section, key, f"expected a list of {'strings' if item is str else 'integers'}, got {value!r}")
     return value
+
+
+def _list_items(annotation: Any) -> tuple[type, ...]:
+    """Element types of the list types in ``annotation`` (``list[str] | None`` -> (str,))."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        return tuple(t for a in typing.get_args(annotation) for t in _list_items(a))
+    return typing.get_args(annotation) if typing.get_origin(annotation) is list else ()
 
 
 def _section(name: str, table: Any) -> Any:
@@ -247,6 +307,8 @@ def config_from_dict(raw: dict[str, Any], base_dir: str | Path | None = None) ->
         base = Path(base_dir)
         if config.data.path and not Path(config.data.path).is_absolute():
             config.data.path = str(base / config.data.path)
+        if config.data.paths:
+            config.data.paths = [p if Path(p).is_absolute() else str(base / p) for p in config.data.paths]
         if not Path(config.run.out).is_absolute():
             config.run.out = str(base / config.run.out)
     config.check()

@@ -1,6 +1,10 @@
 """``recon-train fit --config run.toml [--resume RUN_OR_CHECKPOINT]``, for the owner to register.
 
-Register with ``app.command("fit")(fit)`` in ``training/cli.py``.
+Register with ``app.command("fit")(fit)`` in ``training/cli.py``. Data-parallel on N processes::
+
+    torchrun --nproc_per_node N -m training.fit_cli --config run.toml
+
+(see :mod:`training.distributed`; only rank 0 logs and writes).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ def fit(
     ] = None,
 ) -> None:
     """Train an RGANCS bundle from a TOML configuration (GAN optional); Ctrl-C saves a checkpoint."""
+    from . import distributed
     from .config import load_config
     from .loop import Trainer
 
@@ -30,8 +35,11 @@ def fit(
     try:
         cfg = load_config(config)
         out = cfg.run.out
+        info = distributed.init_from_env(cfg.run.device)
+        distributed.quiet_other_ranks(info)
         trainer = Trainer(cfg)
         metrics = trainer.fit(resume=resume)
+        distributed.shutdown()
     except ReconError as exc:
         log.error("%s: %s", type(exc).__name__, exc)
         raise typer.Exit(2) from exc
@@ -40,3 +48,13 @@ def fit(
         raise typer.Exit(130) from exc
     log.info("validation: %s", {k: round(v, 4) for k, v in metrics.items()})
     log.info("wrote %s", Path(cfg.run.out) / "bundle")
+
+
+def main() -> None:
+    """``python -m training.fit_cli`` (what torchrun starts): logging to stderr, then :func:`fit`."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    typer.run(fit)
+
+
+if __name__ == "__main__":
+    main()

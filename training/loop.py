@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import logging
-import math
+import os
 import signal
 import threading
 import time
@@ -30,13 +30,16 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from recon_plugin.metrics import snr_db, ssim
 from recon_plugin.model import Discriminator, RecurrentProximalNet, save_bundle
-from recon_plugin.physics import SenseOperator, complex_to_channels
+from recon_plugin.physics import SenseOperator, SuperResolutionOperator, complex_to_channels
 from recon_plugin.reconstructors import resolve_device
 
+from . import distributed
 from .checkpoint import (
     checkpoint_path,
     load_checkpoint,
@@ -45,9 +48,11 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import TrainConfig
-from .data import Batch, SimulatedSlices
-from .errors import CheckpointError, TrainingConfigError
+from .data import Batch
+from .datasets import SRBatch
+from .errors import CheckpointError
 from .losses import data_fidelity, lsgan_discriminator, lsgan_generator, pixel_loss
+from .sources import build_sources
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +71,10 @@ CSV_FIELDS = (
     "ssim",
     "zero_filled_snr_db",
     "zero_filled_ssim",
+    "x0_snr_db",
+    "x0_ssim",
     "slices_per_s",
 )
-VAL_CHUNK = 8
 
 Callback = Callable[["Trainer", dict[str, float]], None]
 
@@ -83,18 +89,22 @@ def gan_weight(step: int, target: float, ramp_steps: int) -> float:
 
 
 class _FullPrecisionOperator:
-    """Wraps an operator so that A, A^H and data consistency run in complex64 with autocast off."""
+    """Wraps an operator so that A, A^H and data consistency run in complex64 with autocast off.
 
-    def __init__(self, op: SenseOperator, device_type: str) -> None:
+    A real operator (super-resolution) runs in float32 instead.
+    """
+
+    def __init__(self, op: SenseOperator | SuperResolutionOperator, device_type: str) -> None:
         self.op = op
         self.device_type = device_type
+        self.dtype = torch.float32 if isinstance(op, SuperResolutionOperator) else torch.complex64
 
     def _off(self) -> contextlib.AbstractContextManager[Any]:
         return torch.autocast(self.device_type, enabled=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with self._off():
-            return self.op.forward(x.to(torch.complex64))
+            return self.op.forward(x.to(self.dtype))
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
         with self._off():
@@ -103,50 +113,18 @@ class _FullPrecisionOperator:
     def gradient_step(self, x: torch.Tensor, y: torch.Tensor, alpha: torch.Tensor | float) -> torch.Tensor:
         with self._off():
             a = alpha.float() if isinstance(alpha, torch.Tensor) else alpha
-            return self.op.gradient_step(x.to(torch.complex64), y, a)
+            return self.op.gradient_step(x.to(self.dtype), y, a)
 
     def replace_sampled(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         with self._off():
             return self.op.replace_sampled(x.to(torch.complex64), y)
 
 
-def _load_slices(config: TrainConfig) -> np.ndarray:
-    path = Path(config.data.path)
-    try:
-        slices = np.load(path, allow_pickle=False, mmap_mode="r")
-    except (OSError, ValueError) as exc:
-        raise TrainingConfigError(f"[data].path: cannot read slices from {path}: {exc}") from exc
-    if slices.ndim != 3 or min(slices.shape) < 1:
-        raise TrainingConfigError(f"[data].path: expected slices [n, ny, nx], got shape {slices.shape} in {path}")
-    return np.asarray(slices)
-
-
-def _split(n: int, config: TrainConfig) -> tuple[range, range]:
-    d = config.data
-    if d.train_range is None and d.val_range is None:
-        n_val = max(1, math.ceil(n * d.val_fraction))
-        if n - n_val < 1:
-            raise TrainingConfigError(f"[data].val_fraction: {n} slices leave none for training")
-        return range(0, n - n_val), range(n - n_val, n)
-    if d.train_range is None or d.val_range is None:
-        missing = "train_range" if d.train_range is None else "val_range"
-        raise TrainingConfigError(f"[data].{missing}: give both train_range and val_range, or neither")
-    train, val = range(*d.train_range), range(*d.val_range)
-    for key, r in (("train_range", train), ("val_range", val)):
-        if r.stop > n:
-            raise TrainingConfigError(
-                f"[data].{key}: {list(d.train_range if key == 'train_range' else d.val_range)} "
-                f"exceeds the {n} slices in {d.path}"
-            )
-    if set(train) & set(val):
-        raise TrainingConfigError("[data].val_range: overlaps train_range; validation slices must be held out")
-    return train, val
-
-
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
     """The parts of a config that must match for a resume (run settings and data path may change)."""
     out = {k: dict(v) for k, v in config.items() if k in ("model", "data", "loss", "optim")}
     out["data"].pop("path", None)
+    out["data"].pop("paths", None)
     if out["optim"].get("schedule") == "none":
         out["optim"].pop("steps", None)
     return out
@@ -172,57 +150,36 @@ class Trainer:
         config.check()
         self.config = config
         self.callbacks = list(callbacks)
+        self.dist = distributed.current()
         self.device = resolve_device(config.run.device)
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
         self.bf16 = bool(config.run.bf16 and self.device.type == "cuda")
         if config.run.bf16 and not self.bf16:
             log.info("bf16 autocast is only used on CUDA; training in fp32 on %s", self.device)
         self.out = Path(config.run.out)
         self.checkpoint_dir = self.out / "checkpoints"
 
-        slices = _load_slices(config)
-        train_idx, val_idx = _split(len(slices), config)
-        self.data_summary = {
-            "source": Path(config.data.path).name,
-            "kind": config.data.kind,
-            "train_slices": len(train_idx),
-            "validation_slices": len(val_idx),
-            "train_range": [train_idx.start, train_idx.stop],
-            "validation_range": [val_idx.start, val_idx.stop],
-            "matrix": list(slices.shape[1:]),
-            "complex": bool(np.iscomplexobj(slices)),
-            "simulation": "single coil, smooth random phase for magnitude input"
-            + (", flips/rotations" if config.data.augment else ""),
-        }
-        d = config.data
-        self.train_data = SimulatedSlices(
-            np.ascontiguousarray(slices[train_idx.start : train_idx.stop]),
-            mask_family=d.mask_family,
-            acceleration=d.acceleration,
-            per_sample_masks=d.per_sample_masks,
-            augment=d.augment,
-            percentile=d.percentile,
-            seed=d.seed,
-        )
-        val_source = SimulatedSlices(
-            np.ascontiguousarray(slices[val_idx.start : val_idx.stop]),
-            mask_family=d.mask_family,
-            acceleration=d.acceleration,
-            per_sample_masks=False,
-            augment=False,
-            percentile=d.percentile,
-            seed=d.seed + 1,
-        )
-        # Fixed validation examples, built once: validation never touches a training RNG.
-        self.val_batches = [
-            val_source.batch(list(range(i, min(i + VAL_CHUNK, len(val_idx)))))
-            for i in range(0, len(val_idx), VAL_CHUNK)
-        ]
+        self.sr = config.data.kind == "sr"
+        #: Seed of this process's training data: ``data.seed + rank``, so replicas draw different batches.
+        self.data_seed = config.data.seed + self.dist.rank
+        sources = build_sources(config, seed_offset=self.dist.rank)
+        self.train_data = sources.train
+        self.val_batches = sources.val_batches
+        self.data_summary = sources.summary
 
         torch.manual_seed(config.run.seed)
         self.model = RecurrentProximalNet(config.model).to(self.device)
         self.disc = (
             Discriminator(channels=config.model.channels).to(self.device) if config.loss.lambda_gan > 0 else None
         )
+        self._g: torch.nn.Module = self.model
+        self._d: torch.nn.Module | None = self.disc
+        if self.dist.enabled:  # same initial weights everywhere (seeded, and DDP broadcasts rank 0's)
+            ids = [self.dist.local_rank] if self.device.type == "cuda" else None
+            self._g = DistributedDataParallel(self.model, device_ids=ids)
+            if self.disc is not None:
+                self._d = DistributedDataParallel(self.disc, device_ids=ids)
         o = config.optim
         self.opt_g = torch.optim.Adam(self.model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2))
         self.opt_d = (
@@ -237,6 +194,7 @@ class Trainer:
         self.metrics: dict[str, float] = {}
         self._baseline: dict[str, float] | None = None
         self._stop_requested = False
+        self._reseed_data = False
 
     # ------------------------------------------------------------------ setup helpers
     def _scheduler(self, opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler | None:
@@ -249,8 +207,13 @@ class Trainer:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def _to_device(self, batch: Batch) -> tuple[torch.Tensor, SenseOperator, torch.Tensor]:
-        return batch.y.to(self.device), batch.op.to(self.device), batch.x.to(self.device)
+    def _to_device(
+        self, batch: Batch | SRBatch
+    ) -> tuple[torch.Tensor, SenseOperator | SuperResolutionOperator, torch.Tensor, torch.Tensor | None]:
+        """(y, op, x, network input x0 or None for A^H y) on the training device."""
+        if isinstance(batch, SRBatch):
+            return batch.y.to(self.device), batch.op, batch.x.to(self.device), batch.x0.to(self.device)
+        return batch.y.to(self.device), batch.op.to(self.device), batch.x.to(self.device), None
 
     def _disc_input(self, x: torch.Tensor) -> torch.Tensor:
         return complex_to_channels(x) if torch.is_complex(x) else x.unsqueeze(1)
@@ -275,9 +238,23 @@ class Trainer:
             "data_rng": self.train_data.rng.bit_generator.state,
         }
 
-    def save_checkpoint(self) -> Path:
-        """Write a checkpoint of the current step into ``<out>/checkpoints``; keeps the newest few."""
-        path = save_checkpoint(checkpoint_path(self.checkpoint_dir, self.step), self.state())
+    def save_checkpoint(self, gather: bool = True) -> Path | None:
+        """Write a checkpoint of the current step into ``<out>/checkpoints``; keeps the newest few.
+
+        Distributed: every rank must call this (``gather`` collects each rank's data RNG state into
+        ``data_rng_ranks``); only rank 0 writes and gets the path, the others get None. With
+        ``gather=False`` (an interrupt, when ranks may not meet) ranks > 0 are reseeded on resume.
+        """
+        ranks: list[Any] | None = None
+        if self.dist.enabled and gather:
+            ranks = [None] * self.dist.world_size
+            dist.all_gather_object(ranks, self.train_data.rng.bit_generator.state)
+        if not self.dist.is_main:
+            return None
+        state = self.state()
+        if self.dist.enabled:
+            state["data_rng_ranks"] = ranks
+        path = save_checkpoint(checkpoint_path(self.checkpoint_dir, self.step), state)
         prune_checkpoints(self.checkpoint_dir, self.config.run.keep_checkpoints)
         return path
 
@@ -312,23 +289,41 @@ class Trainer:
             torch.set_rng_state(state["torch_rng"])
             if self.device.type == "cuda" and state.get("cuda_rng"):
                 torch.cuda.set_rng_state_all(list(state["cuda_rng"]))
-            self.train_data.rng.bit_generator.state = state["data_rng"]
+            self._restore_data_rng(state)
         except (RuntimeError, KeyError, ValueError, TypeError) as exc:
             raise CheckpointError(f"{file} does not fit this model: {str(exc).splitlines()[0]}") from exc
         self.step = int(state["step"])
+        if self._reseed_data:
+            self.train_data.rng = np.random.default_rng([self.data_seed, self.step])
+            log.warning("rank %d: no data RNG state for this rank in %s; reseeded", self.dist.rank, file)
         self.seconds = float(state.get("seconds", 0.0))
         self.metrics = dict(state.get("metrics") or {})
         log.info("resumed from %s at step %d", file, self.step)
         return self.step
 
+    def _restore_data_rng(self, state: dict[str, Any]) -> None:
+        """Rank 0 (or a single process) takes ``data_rng``; rank r takes ``data_rng_ranks[r]`` when present.
+
+        Otherwise rank r is reseeded deterministically from (data.seed + r, step) after the step is known.
+        """
+        self._reseed_data = False
+        if self.dist.rank == 0:
+            self.train_data.rng.bit_generator.state = state["data_rng"]
+            return
+        ranks = state.get("data_rng_ranks")
+        if isinstance(ranks, list | tuple) and len(ranks) == self.dist.world_size and ranks[self.dist.rank]:
+            self.train_data.rng.bit_generator.state = ranks[self.dist.rank]
+        else:
+            self._reseed_data = True
+
     # ------------------------------------------------------------------ one step
     def train_step(self) -> dict[str, float]:
         """One minibatch: generator update (D frozen), then discriminator update."""
         cfg = self.config
-        y, op, x = self._to_device(self.train_data.sample(cfg.optim.batch_size))
+        y, op, x, x0 = self._to_device(self.train_data.sample(cfg.optim.batch_size))
         lam = gan_weight(self.step, cfg.loss.lambda_gan, cfg.loss.gan_ramp_steps)
         with self._autocast():
-            x_hat, outputs = self.model(y, _FullPrecisionOperator(op, self.device.type))
+            x_hat, outputs = self._g(y, _FullPrecisionOperator(op, self.device.type), x0)
         fidelity = data_fidelity(outputs, y, op)
         pixel = pixel_loss(x_hat, x, cfg.loss.gamma)
         loss_g = cfg.loss.fidelity_weight * fidelity + cfg.loss.eta * pixel
@@ -346,11 +341,11 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.clip)
         self.opt_g.step()
         stats["loss_g"] = loss_g.item()
-        if self.disc is not None and self.opt_d is not None:
+        if self._d is not None and self.disc is not None and self.opt_d is not None:
             self.disc.requires_grad_(True)
-            with self._autocast():
-                real = self.disc(self._disc_input(x))
-                fake = self.disc(self._disc_input(x_hat.detach()))
+            with self._autocast():  # the generator's GAN term above uses the bare D: no gradient sync for it
+                real = self._d(self._disc_input(x))
+                fake = self._d(self._disc_input(x_hat.detach()))
             loss_d = lsgan_discriminator(real.float(), fake.float())
             self.opt_d.zero_grad(set_to_none=True)
             loss_d.backward()
@@ -365,24 +360,29 @@ class Trainer:
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> dict[str, float]:
-        """Mean SNR / SSIM of the model and of zero-filled on the fixed validation slices."""
+        """Mean SNR / SSIM of the model and of the baseline on the fixed validation slices.
+
+        The baseline is zero-filled (A^H y, keys ``zero_filled_*``) for MR and the approximate
+        inverse x0 (keys ``x0_*``) for super-resolution.
+        """
         refs, ests, bases = [], [], []
         was_training = self.model.training
         self.model.eval()
         with torch.no_grad():
             for batch in self.val_batches:
-                y, op, x = self._to_device(batch)
+                y, op, x, x0 = self._to_device(batch)
                 with self._autocast():
-                    x_hat, _ = self.model(y, _FullPrecisionOperator(op, self.device.type))
+                    x_hat, _ = self.model(y, _FullPrecisionOperator(op, self.device.type), x0)
                 refs += list(x.cpu().numpy())
                 ests += list(x_hat.float().cpu().numpy() if not torch.is_complex(x_hat) else x_hat.cpu().numpy())
                 if self._baseline is None:
-                    bases += list(op.adjoint(y).cpu().numpy())
+                    bases += list((op.adjoint(y) if x0 is None else x0).cpu().numpy())
         self.model.train(was_training)
         if self._baseline is None:
+            name = "x0" if self.sr else "zero_filled"
             self._baseline = {
-                "zero_filled_snr_db": float(np.mean([snr_db(r, b) for r, b in zip(refs, bases, strict=True)])),
-                "zero_filled_ssim": float(np.mean([ssim(r, b) for r, b in zip(refs, bases, strict=True)])),
+                f"{name}_snr_db": float(np.mean([snr_db(r, b) for r, b in zip(refs, bases, strict=True)])),
+                f"{name}_ssim": float(np.mean([ssim(r, b) for r, b in zip(refs, bases, strict=True)])),
             }
         self.metrics = {
             "snr_db": float(np.mean([snr_db(r, e) for r, e in zip(refs, ests, strict=True)])),
@@ -393,6 +393,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ logging
     def _open_csv(self) -> tuple[Any, csv.DictWriter]:
+        if not self.dist.is_main:  # only rank 0 logs
+            fh = open(os.devnull, "w")  # noqa: SIM115 - closed in fit()
+            return fh, csv.DictWriter(fh, fieldnames=CSV_FIELDS, restval="")
         path = self.out / CSV_NAME
         kept: list[dict[str, str]] = []
         if path.is_file():  # drop rows written after the checkpoint we resumed from
@@ -436,12 +439,14 @@ class Trainer:
         if resume is not None:
             self.resume(resume)
         cfg, run = self.config, self.config.run
-        self.out.mkdir(parents=True, exist_ok=True)
+        if self.dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
         fh, writer = self._open_csv()
         self._stop_requested = False
         window: dict[str, float] = {}
         window_steps, window_seconds = 0, 0.0
-        bar = tqdm(total=cfg.optim.steps, initial=self.step, desc="train", unit="step", disable=not run.progress)
+        quiet = not (run.progress and self.dist.is_main)
+        bar = tqdm(total=cfg.optim.steps, initial=self.step, desc="train", unit="step", disable=quiet)
         in_step = False
         try:
             with self._deferred_sigint():
@@ -478,15 +483,19 @@ class Trainer:
             if in_step:
                 log.warning("interrupted inside step %d; not checkpointing a half-updated state", self.step + 1)
             else:
-                path = self.save_checkpoint()
-                log.warning("interrupted at step %d; resume from %s", self.step, path)
+                path = self.save_checkpoint(gather=False)
+                if path is not None:
+                    log.warning("interrupted at step %d; resume from %s", self.step, path)
             fh.close()
             raise
         bar.close()
         metrics = self._log_validation(writer, fh)
         fh.close()
         self.save_checkpoint()
-        self.write_bundle()
+        if self.dist.is_main:
+            self.write_bundle()
+        if self.dist.enabled:
+            dist.barrier()  # the bundle exists before any rank returns
         return metrics
 
     def _log_validation(self, writer: csv.DictWriter, fh: Any) -> dict[str, float]:
@@ -504,12 +513,20 @@ class Trainer:
         return save_bundle(
             self.model.eval(),
             folder,
-            mask={
-                "family": cfg.data.mask_family,
-                "acceleration": cfg.data.acceleration,
-                "per_sample": cfg.data.per_sample_masks,
-            },
-            normalisation={"kind": "percentile", "percentile": cfg.data.percentile},
+            mask=(
+                {"family": "none", "operator": "block average", "kernel": cfg.data.sr_kernel}
+                if self.sr
+                else {
+                    "family": cfg.data.mask_family,
+                    "acceleration": cfg.data.acceleration,
+                    "per_sample": cfg.data.per_sample_masks,
+                }
+            ),
+            normalisation=(
+                {"kind": "none", "range": [0, 1], "input": f"{cfg.data.sr_steps} gradient steps of {cfg.data.sr_step}"}
+                if self.sr
+                else {"kind": "percentile", "percentile": cfg.data.percentile}
+            ),
             training_data=self.data_summary,
             extra={
                 "training": {
