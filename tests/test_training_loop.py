@@ -224,6 +224,14 @@ def test_fit_writes_bundle_and_log(tmp_path: Path, slices_path: Path) -> None:
     assert [int(r["step"]) for r in val] == [2, 4] and all(float(r["ssim"]) > 0 for r in val)
     assert all(float(r["slices_per_s"]) > 0 for r in rows if r["kind"] == "train")
     assert [p.name for p in list_checkpoints(tmp_path / "run" / "checkpoints")][-1] == "checkpoint-00000004.safetensors"
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss_g", "val/snr_db", "val/ssim"} <= tags
+    assert [e.step for e in events.Scalars("val/snr_db")] == [2, 4]
+    assert events.Scalars("val/snr_db")[-1].value == pytest.approx(float(val[-1]["snr_db"]), rel=1e-5)
 
 
 def test_real_sigint_stops_after_the_step_with_a_checkpoint(tmp_path: Path, slices_path: Path) -> None:

@@ -52,6 +52,7 @@ from .data import Batch
 from .datasets import SRBatch
 from .errors import CheckpointError
 from .losses import data_fidelity, lsgan_discriminator, lsgan_generator, pixel_loss
+from .run_log import RunLog
 from .sources import build_sources
 
 log = logging.getLogger(__name__)
@@ -392,10 +393,12 @@ class Trainer:
         return self.metrics
 
     # ------------------------------------------------------------------ logging
-    def _open_csv(self) -> tuple[Any, csv.DictWriter]:
+    def _open_csv(self) -> tuple[RunLog, RunLog]:
+        """The run log (CSV + TensorBoard), as (file, writer) for the loop; ranks > 0 write nowhere."""
         if not self.dist.is_main:  # only rank 0 logs
             fh = open(os.devnull, "w")  # noqa: SIM115 - closed in fit()
-            return fh, csv.DictWriter(fh, fieldnames=CSV_FIELDS, restval="")
+            quiet = RunLog(fh, csv.DictWriter(fh, fieldnames=CSV_FIELDS, restval=""), None)
+            return quiet, quiet
         path = self.out / CSV_NAME
         kept: list[dict[str, str]] = []
         if path.is_file():  # drop rows written after the checkpoint we resumed from
@@ -406,7 +409,8 @@ class Trainer:
         writer.writeheader()
         writer.writerows(kept)
         fh.flush()
-        return fh, writer
+        run_log = RunLog(fh, writer, self.out / "tensorboard")
+        return run_log, run_log
 
     @contextlib.contextmanager
     def _deferred_sigint(self) -> Iterator[None]:
@@ -498,7 +502,7 @@ class Trainer:
             dist.barrier()  # the bundle exists before any rank returns
         return metrics
 
-    def _log_validation(self, writer: csv.DictWriter, fh: Any) -> dict[str, float]:
+    def _log_validation(self, writer: RunLog, fh: RunLog) -> dict[str, float]:
         metrics = self.validate()
         log.info("step %d validation: %s", self.step, {k: round(v, 4) for k, v in metrics.items()})
         writer.writerow({"step": self.step, "kind": "val", **metrics})
