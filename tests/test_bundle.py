@@ -118,3 +118,14 @@ def test_pickle_checkpoint_is_not_a_bundle(tmp_path):
     (folder / "bundle.json").write_text(json.dumps(side))
     with pytest.raises(BundleIntegrityError):
         load_bundle(folder)
+
+
+def test_shipped_bundles_load_and_verify():
+    from pathlib import Path
+
+    folders = sorted((Path(__file__).resolve().parents[1] / "sample_data" / "weights").iterdir())
+    assert {f.name for f in folders} >= {"rgancs_demo_cpu", "rgancs_siat_cpu"}
+    for folder in folders:
+        bundle = load_bundle(folder)
+        assert bundle.sha256 == sha256_file(folder / "weights.safetensors")
+        assert bundle.sidecar["mask"]["family"] == "radial" and (folder / "MODEL_CARD.md").is_file()
