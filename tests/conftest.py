@@ -32,3 +32,16 @@ def real_data(name: str) -> Path:
     if not path.exists():
         pytest.skip(f"real data {path} not present (fresh clone without ../shared/data)")
     return path
+
+
+def ellipse_slices(n: int, size: int = 32, seed: int = 0) -> np.ndarray:
+    """Synthetic magnitude slices [n, size, size]: ellipses of different sizes with a small bright spot."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[-1 : 1 : size * 1j, -1 : 1 : size * 1j]
+    out = []
+    for _ in range(n):
+        a, b = rng.uniform(0.4, 0.9, 2)
+        img = ((xx / a) ** 2 + (yy / b) ** 2 < 1).astype(np.float32)
+        img += 0.5 * ((xx - rng.uniform(-0.2, 0.2)) ** 2 + yy**2 < rng.uniform(0.02, 0.08))
+        out.append(img)
+    return np.stack(out).astype(np.float32)

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 import typer
+from conftest import ellipse_slices
 from PIL import Image
 
 from training.errors import TrainingConfigError
@@ -20,16 +21,8 @@ SIZE, N_SLICES = 32, 6
 @pytest.fixture(scope="module")
 def slices_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Synthetic 32x32 magnitude slices (ellipses with a small bright spot)."""
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[-1 : 1 : SIZE * 1j, -1 : 1 : SIZE * 1j]
-    out = []
-    for _ in range(N_SLICES):
-        a, b = rng.uniform(0.4, 0.9, 2)
-        img = ((xx / a) ** 2 + (yy / b) ** 2 < 1).astype(np.float32)
-        img += 0.5 * ((xx - rng.uniform(-0.2, 0.2)) ** 2 + yy**2 < 0.05)
-        out.append(img)
     path = tmp_path_factory.mktemp("data") / "slices.npy"
-    np.save(path, np.stack(out).astype(np.float32))
+    np.save(path, ellipse_slices(N_SLICES, SIZE))
     return path
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from conftest import ellipse_slices
 
 from recon_plugin.model import load_bundle
 from training.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
@@ -23,16 +24,8 @@ N_SLICES, SIZE = 10, 32
 @pytest.fixture(scope="module")
 def slices_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Smooth synthetic 32x32 magnitude slices (ellipses of different sizes)."""
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[-1 : 1 : SIZE * 1j, -1 : 1 : SIZE * 1j]
-    out = []
-    for _ in range(N_SLICES):
-        a, b = rng.uniform(0.4, 0.9, 2)
-        img = ((xx / a) ** 2 + (yy / b) ** 2 < 1).astype(np.float32)
-        img += 0.5 * ((xx - rng.uniform(-0.2, 0.2)) ** 2 + yy**2 < rng.uniform(0.02, 0.08))
-        out.append(img)
     path = tmp_path_factory.mktemp("data") / "slices.npy"
-    np.save(path, np.stack(out).astype(np.float32))
+    np.save(path, ellipse_slices(N_SLICES, SIZE))
     return path
 
 
