@@ -81,6 +81,7 @@ def test_load_config_from_toml_resolves_relative_paths(tmp_path: Path) -> None:
         ("optim", {"schedule": "step"}, "[optim].schedule"),
         ("data", {"mask_family": "spiral"}, "[data].mask_family"),
         ("data", {"acceleration": 0.5}, "[data].acceleration"),
+        ("data", {"random_crop": True}, "[data].random_crop"),
         ("data", {"kind": "ismrmrd"}, "[data].kind"),
         ("loss", {"eta": -0.1}, "[loss].eta"),
         ("loss", {"gamma": 1.5}, "[loss].gamma"),
@@ -244,10 +245,9 @@ def test_real_sigint_stops_after_the_step_with_a_checkpoint(tmp_path: Path, slic
 
 
 def test_bf16_path_keeps_data_consistency_in_complex64(tmp_path: Path, slices_path: Path) -> None:
-    """The autocast path (CUDA-only in configs) exercised on CPU: network in bf16, DC and losses in fp32."""
+    """The bf16 autocast path on CPU: network in bf16, DC and losses in fp32."""
     trainer = Trainer(make_config(slices_path, tmp_path / "run", run={"bf16": True}))
-    assert trainer.bf16 is False  # ignored on CPU
-    trainer.bf16 = True
+    assert trainer.bf16 is True
     seen: list[torch.dtype] = []
     trainer.model.proximals[0].register_forward_hook(lambda m, i, o: seen.append(o.dtype))
     stats = [trainer.train_step() for _ in range(2)]
@@ -257,3 +257,14 @@ def test_bf16_path_keeps_data_consistency_in_complex64(tmp_path: Path, slices_pa
     with torch.no_grad(), trainer._autocast():
         x_hat, outputs = trainer.model(batch.y, _FullPrecisionOperator(batch.op, "cpu"))
     assert x_hat.dtype == torch.complex64 and all(o.dtype == torch.complex64 for o in outputs)
+
+
+def test_random_crop_trains_on_crops_and_validates_whole_slices(tmp_path: Path, slices_path: Path) -> None:
+    trainer = Trainer(make_config(slices_path, tmp_path / "run", data={"crop": 16, "random_crop": True}))
+    whole = np.load(slices_path).shape[1:]
+    batch = trainer.train_data.batch([0, 1])
+    assert tuple(batch.x.shape[-2:]) == (16, 16)
+    assert tuple(trainer.val_batches[0].x.shape[-2:]) == tuple(whole)
+    crops = {trainer.train_data.batch([0]).x.numpy().tobytes() for _ in range(6)}
+    assert len(crops) > 1  # a new position (and mask) per draw
+    assert "random 16x16 training crops" in trainer.data_summary["simulation"]

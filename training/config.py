@@ -8,7 +8,8 @@ file's folder. Whether the data exist is checked when the Trainer is built, not 
 ``[data] kind``:
 
 - ``"images"``: ``path`` is a .npy or NIfTI file of slices (``axis`` picks the slice axis);
-  k-space is simulated (``coils``, ``noise``, ``crop``); split by ``train_range``/``val_range``,
+  k-space is simulated (``coils``, ``noise``, ``crop``; with ``random_crop`` training slices are
+  cropped at a new random position per draw and validation slices stay whole); split by ``train_range``/``val_range``,
   by SIAT blocks (``train_blocks``/``val_blocks``, 10 slices each) or by ``val_fraction``.
 - ``"raw"``: fully sampled ISMRMRD files, ``paths`` (a list) or ``path`` (a file or a glob);
   every assembled slice is one example, split like "images" (ranges or ``val_fraction``).
@@ -55,6 +56,7 @@ class DataConfig:
     coils: int = 1
     noise: float = 0.0
     crop: int = 0
+    random_crop: bool = False
     sr_kernel: int = 4
     sr_steps: int = 5
     sr_step: float = 0.1
@@ -88,6 +90,8 @@ class DataConfig:
         for key, minimum in (("axis", 0), ("coils", 1), ("crop", 0), ("sr_kernel", 1), ("sr_steps", 0)):
             if getattr(self, key) < minimum:
                 raise _fail(s, key, f"must be >= {minimum}, got {getattr(self, key)}")
+        if self.random_crop and (self.kind != "images" or not self.crop):
+            raise _fail(s, "random_crop", 'needs kind = "images" and a crop > 0')
         if self.noise < 0:
             raise _fail(s, "noise", f"must be >= 0, got {self.noise}")
         if self.sr_step <= 0:

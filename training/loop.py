@@ -9,10 +9,10 @@ with lambda(t) ramping linearly from 0 to ``lambda_gan`` over ``gan_ramp_steps``
 minibatches; discriminator cost (1 - D(x))^2 + D(x_hat)^2 on detached x_hat.
 Per step the generator is updated first (D frozen), then the discriminator.
 
-Mixed precision: with ``run.bf16`` on CUDA the network runs under bf16
-autocast while every operator call (A, A^H, the data-consistency step) is
+Mixed precision: with ``run.bf16`` the network runs under bf16 autocast (CUDA
+or CPU) while every operator call (A, A^H, the data-consistency step) is
 wrapped to run with autocast disabled in complex64, and the losses are
-computed in fp32 outside autocast. On CPU the flag is ignored.
+computed in fp32 outside autocast.
 """
 
 from __future__ import annotations
@@ -155,9 +155,7 @@ class Trainer:
         self.device = resolve_device(config.run.device)
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
-        self.bf16 = bool(config.run.bf16 and self.device.type == "cuda")
-        if config.run.bf16 and not self.bf16:
-            log.info("bf16 autocast is only used on CUDA; training in fp32 on %s", self.device)
+        self.bf16 = bool(config.run.bf16)
         self.out = Path(config.run.out)
         self.checkpoint_dir = self.out / "checkpoints"
 

@@ -113,8 +113,16 @@ def _build(config: TrainConfig, seed: int, val_seed: int) -> Sources:
             "percentile": d.percentile,
         }
         train: Source = ImageArraySlices(
-            slices, slices=train_idx, per_sample_masks=d.per_sample_masks, augment=d.augment, seed=seed, **common
+            slices,
+            slices=train_idx,
+            per_sample_masks=d.per_sample_masks,
+            augment=d.augment,
+            seed=seed,
+            random_crop=d.random_crop,
+            **common,
         )
+        if d.random_crop:  # validate on whole slices
+            common["crop"] = None
         val = ImageArraySlices(slices, slices=val_idx, per_sample_masks=False, augment=False, seed=val_seed, **common)
         summary.update(
             source=Path(d.path).name,
@@ -122,7 +130,8 @@ def _build(config: TrainConfig, seed: int, val_seed: int) -> Sources:
             complex=bool(np.iscomplexobj(slices)),
             coils=d.coils,
             simulation=f"{d.coils} simulated coil(s), noise {d.noise:g}, smooth random phase for magnitude input"
-            + (", flips/rotations" if d.augment else ""),
+            + (", flips/rotations" if d.augment else "")
+            + (f", random {d.crop}x{d.crop} training crops, whole validation slices" if d.random_crop else ""),
         )
     elif d.kind == "raw":
         files = _raw_files(d)
