@@ -51,6 +51,10 @@ class DeviceError(ReconError, RuntimeError):
     """The requested compute device is not available."""
 
 
+class FastPathError(ReconError, ValueError):
+    """An unknown inference fast path, or one the device cannot run (CUDA graphs on a CPU)."""
+
+
 class IsmrmrdFormatError(InvalidInputError):
     """An ISMRMRD file, header or stream is malformed, truncated or lacks required fields."""
 

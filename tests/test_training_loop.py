@@ -12,10 +12,11 @@ import torch
 from conftest import ellipse_slices
 
 from recon_plugin.model import load_bundle
+from recon_plugin.model.precision import FullPrecisionOperator
 from training.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from training.config import TrainConfig, config_from_dict, load_config
 from training.errors import CheckpointError, TrainingConfigError
-from training.loop import Trainer, _FullPrecisionOperator, gan_weight
+from training.loop import Trainer, gan_weight
 from training.losses import lsgan_discriminator, lsgan_generator
 
 N_SLICES, SIZE = 10, 32
@@ -255,7 +256,7 @@ def test_bf16_path_keeps_data_consistency_in_complex64(tmp_path: Path, slices_pa
     assert seen and all(d == torch.bfloat16 for d in seen)
     batch = trainer.val_batches[0]
     with torch.no_grad(), trainer._autocast():
-        x_hat, outputs = trainer.model(batch.y, _FullPrecisionOperator(batch.op, "cpu"))
+        x_hat, outputs = trainer.model(batch.y, FullPrecisionOperator(batch.op, "cpu"))
     assert x_hat.dtype == torch.complex64 and all(o.dtype == torch.complex64 for o in outputs)
 
 

@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from recon_plugin.metrics import snr_db, ssim
 from recon_plugin.model import Discriminator, RecurrentProximalNet, save_bundle
+from recon_plugin.model.precision import FullPrecisionOperator
 from recon_plugin.physics import SenseOperator, SuperResolutionOperator, complex_to_channels
 from recon_plugin.reconstructors import resolve_device
 
@@ -87,38 +88,6 @@ def gan_weight(step: int, target: float, ramp_steps: int) -> float:
     if ramp_steps <= 0:
         return float(target)
     return float(target) * min(1.0, max(0, step) / ramp_steps)
-
-
-class _FullPrecisionOperator:
-    """Wraps an operator so that A, A^H and data consistency run in complex64 with autocast off.
-
-    A real operator (super-resolution) runs in float32 instead.
-    """
-
-    def __init__(self, op: SenseOperator | SuperResolutionOperator, device_type: str) -> None:
-        self.op = op
-        self.device_type = device_type
-        self.dtype = torch.float32 if isinstance(op, SuperResolutionOperator) else torch.complex64
-
-    def _off(self) -> contextlib.AbstractContextManager[Any]:
-        return torch.autocast(self.device_type, enabled=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with self._off():
-            return self.op.forward(x.to(self.dtype))
-
-    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
-        with self._off():
-            return self.op.adjoint(y)
-
-    def gradient_step(self, x: torch.Tensor, y: torch.Tensor, alpha: torch.Tensor | float) -> torch.Tensor:
-        with self._off():
-            a = alpha.float() if isinstance(alpha, torch.Tensor) else alpha
-            return self.op.gradient_step(x.to(self.dtype), y, a)
-
-    def replace_sampled(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        with self._off():
-            return self.op.replace_sampled(x.to(torch.complex64), y)
 
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
@@ -322,7 +291,7 @@ class Trainer:
         y, op, x, x0 = self._to_device(self.train_data.sample(cfg.optim.batch_size))
         lam = gan_weight(self.step, cfg.loss.lambda_gan, cfg.loss.gan_ramp_steps)
         with self._autocast():
-            x_hat, outputs = self._g(y, _FullPrecisionOperator(op, self.device.type), x0)
+            x_hat, outputs = self._g(y, FullPrecisionOperator(op, self.device.type), x0)
         fidelity = data_fidelity(outputs, y, op)
         pixel = pixel_loss(x_hat, x, cfg.loss.gamma)
         loss_g = cfg.loss.fidelity_weight * fidelity + cfg.loss.eta * pixel
@@ -371,7 +340,7 @@ class Trainer:
             for batch in self.val_batches:
                 y, op, x, x0 = self._to_device(batch)
                 with self._autocast():
-                    x_hat, _ = self.model(y, _FullPrecisionOperator(op, self.device.type), x0)
+                    x_hat, _ = self.model(y, FullPrecisionOperator(op, self.device.type), x0)
                 refs += list(x.cpu().numpy())
                 ests += list(x_hat.float().cpu().numpy() if not torch.is_complex(x_hat) else x_hat.cpu().numpy())
                 if self._baseline is None:

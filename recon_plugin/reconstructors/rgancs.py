@@ -12,6 +12,7 @@ from ..errors import BundleMismatchError
 from ..model.bundle import Bundle, load_bundle
 from ..problem import Problem
 from .base import Reconstructor, Result, batch_operator, group_by_shape, relative_residual, resolve_device
+from .fast_paths import FastModel, FastPath
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,8 @@ def robust_scale(x: torch.Tensor, percentile: float = 99.0) -> torch.Tensor:
 class RGANCS(Reconstructor):
     """Batched RGANCS on CUDA when present (overridable), CPU otherwise.
 
+    ``fast_path`` picks the inference optimisations (see :mod:`.fast_paths`; "auto" = the device's default).
+
     Each slice is divided by a robust scale of its zero-filled image (as in
     training, from the bundle's sidecar), reconstructed, and scaled back.
     """
@@ -35,9 +38,14 @@ class RGANCS(Reconstructor):
     name = "rgancs"
 
     def __init__(
-        self, bundle: Bundle | str | Path, device: str | torch.device | None = None, batch_size: int = 16
+        self,
+        bundle: Bundle | str | Path,
+        device: str | torch.device | None = None,
+        batch_size: int = 16,
+        fast_path: str | FastPath = "auto",
     ) -> None:
         self.device = resolve_device(device)
+        self.fast_path = fast_path if isinstance(fast_path, FastPath) else FastPath.parse(fast_path, self.device)
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         if self.bundle.model.config.channels != 2:
             raise BundleMismatchError(
@@ -45,6 +53,7 @@ class RGANCS(Reconstructor):
                 "MR reconstruction needs a complex (2-channel) model"
             )
         self.model = self.bundle.model.to(self.device).eval()
+        self.fast = FastModel(self.model, self.fast_path, self.device)
         norm = self.bundle.normalisation
         if norm.get("kind") != "percentile":
             raise BundleMismatchError(f"unknown normalisation {norm!r} in bundle {self.bundle.name}")
@@ -66,7 +75,7 @@ class RGANCS(Reconstructor):
         op, y = batch_operator(group, self.device)
         scale = robust_scale(op.adjoint(y), self.percentile)
         y_norm = y / scale[:, None, None, None]
-        x, _ = self.model(y_norm, op)
+        x = self.fast(y_norm, op)
         x = x * scale[:, None, None]
         residuals = relative_residual(op, x, y)
         images = x.cpu().numpy()
@@ -80,6 +89,7 @@ class RGANCS(Reconstructor):
                 "model": self.bundle.name,
                 "weights_sha256": self.bundle.sha256,
                 "device": str(self.device),
+                "fast_path": self.fast_path.name,
                 "seconds": seconds,
                 "dc_residual": residuals[j],
                 "acceleration": problem.acceleration,

@@ -1,0 +1,103 @@
+"""Inference fast paths for RGANCS: bf16 autocast, channels_last, torch.compile, CUDA graphs.
+
+A fast path is written as ``"fp32"`` (none) or flags joined by ``+``, e.g.
+``"bf16+channels_last"``; ``"auto"`` picks the device's default. Under bf16
+only the convolutional proximal runs in bf16: A, A^H and the data-consistency
+steps stay in complex64 (:class:`~recon_plugin.model.precision.FullPrecisionOperator`).
+Every path is checked against fp32 by tests (image SNR within ``SNR_TOLERANCE_DB``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+
+from ..errors import FastPathError
+from ..model import RecurrentProximalNet
+from ..model.precision import FullPrecisionOperator
+from ..physics import SenseOperator
+
+#: A fast path that moves the image SNR by more than this (dB) against fp32 is a bug.
+SNR_TOLERANCE_DB = 0.05
+
+
+@dataclass(frozen=True)
+class FastPath:
+    """Which inference optimisations are on."""
+
+    bf16: bool = False
+    channels_last: bool = False
+    compile: bool = False
+    cuda_graphs: bool = False
+
+    @property
+    def name(self) -> str:
+        """``"fp32"`` or the flags joined by ``+``."""
+        on = [f.name for f in fields(self) if getattr(self, f.name)]
+        return "+".join(on) if on else "fp32"
+
+    @classmethod
+    def parse(cls, text: str, device: torch.device) -> FastPath:
+        """Parse ``"auto"``, ``"fp32"`` or ``flag+flag``; FastPathError on unknown flags or impossible ones."""
+        text = (text or "auto").strip().lower()
+        if text == "auto":
+            return default_fast_path(device)
+        if text == "fp32":
+            return cls()
+        known = {f.name for f in fields(cls)}
+        flags = [t.strip() for t in text.split("+") if t.strip()]
+        unknown = sorted(set(flags) - known)
+        if unknown:
+            raise FastPathError(
+                f"unknown fast path {', '.join(unknown)!s}; use 'auto', 'fp32' or a '+'-joined subset of "
+                + ", ".join(sorted(known))
+            )
+        path = cls(**{flag: True for flag in flags})
+        if path.cuda_graphs and device.type != "cuda":
+            raise FastPathError(f"cuda_graphs needs a CUDA device, not {device}")
+        return path
+
+
+#: Defaults per device type. CUDA: bf16 convolutions in NHWC (tensor cores); compile and CUDA graphs are
+#: opt-in because their first call compiles (seconds to minutes) and would land on the first exam.
+#: CPU: fp32 in NCHW, see docs/performance.md for the measurements behind it.
+DEFAULTS = {"cuda": FastPath(bf16=True, channels_last=True), "cpu": FastPath()}
+
+
+def default_fast_path(device: torch.device) -> FastPath:
+    """The default fast path for ``device``."""
+    return DEFAULTS.get(device.type, FastPath())
+
+
+class FastModel:
+    """A RecurrentProximalNet prepared for one fast path (the caller's model is never modified)."""
+
+    def __init__(self, model: RecurrentProximalNet, path: FastPath, device: torch.device) -> None:
+        if path.cuda_graphs and device.type != "cuda":
+            raise FastPathError(f"cuda_graphs needs a CUDA device, not {device}")
+        self.path, self.device = path, device
+        net = copy.deepcopy(model).to(device).eval()
+        if path.channels_last:
+            net = net.to(memory_format=torch.channels_last)
+        if path.compile or path.cuda_graphs:
+            mode = "reduce-overhead" if path.cuda_graphs else "default"
+            net.proximals = torch.nn.ModuleList(torch.compile(p, mode=mode, dynamic=False) for p in net.proximals)
+        self.net = net
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.path.bf16:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    @torch.inference_mode()
+    def __call__(self, y: torch.Tensor, op: SenseOperator) -> torch.Tensor:
+        """The final image (complex64) for measurements ``y`` under ``op``."""
+        if self.path.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        with self._autocast():
+            x, _ = self.net(y, FullPrecisionOperator(op, self.device.type) if self.path.bf16 else op)
+        return x.to(torch.complex64)

@@ -1,0 +1,96 @@
+"""RGANCS inference fast paths: parsing, and every path's image within 0.05 dB SNR of fp32."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from recon_plugin.errors import FastPathError
+from recon_plugin.masks import make_mask
+from recon_plugin.metrics import snr_db
+from recon_plugin.model import load_bundle
+from recon_plugin.reconstructors import RGANCS
+from recon_plugin.reconstructors.fast_paths import SNR_TOLERANCE_DB, FastModel, FastPath, default_fast_path
+from recon_plugin.sample_data import DEMO_BUNDLE, load_colin_slices
+from recon_plugin.simulate import simulate_problem, with_smooth_phase
+
+CPU = torch.device("cpu")
+CUDA_PATHS = ["bf16", "channels_last", "bf16+channels_last", "bf16+channels_last+compile", "bf16+compile+cuda_graphs"]
+
+
+@pytest.fixture(scope="module")
+def problems() -> list:
+    slices = load_colin_slices()[[4, 11]]
+    rng = np.random.default_rng(3)
+    out = []
+    for i, magnitude in enumerate(slices):
+        mask = make_mask("radial", magnitude.shape, 5.0, seed=10 + i).mask
+        out.append(simulate_problem(with_smooth_phase(magnitude, rng), mask))
+    return out
+
+
+def _snr_gap(problems: list, path: str, device: str) -> tuple[float, list[float]]:
+    fp32 = RGANCS(DEMO_BUNDLE, device=device, fast_path="fp32").reconstruct_batch(problems)
+    fast = RGANCS(DEMO_BUNDLE, device=device, fast_path=path).reconstruct_batch(problems)
+    gaps = [
+        abs(snr_db(p.reference, f.image) - snr_db(p.reference, r.image))
+        for p, f, r in zip(problems, fast, fp32, strict=True)
+    ]
+    assert all(f.meta["fast_path"] == FastPath.parse(path, torch.device(device)).name for f in fast)
+    return max(gaps), [snr_db(p.reference, r.image) for p, r in zip(problems, fp32, strict=True)]
+
+
+def test_parse_names_and_defaults() -> None:
+    assert FastPath.parse("fp32", CPU) == FastPath()
+    assert FastPath.parse("channels_last+bf16", CPU).name == "bf16+channels_last"
+    assert FastPath.parse("auto", CPU) == default_fast_path(CPU)
+    assert FastPath.parse("auto", torch.device("cuda")).bf16  # tensor cores by default on a GPU
+    with pytest.raises(FastPathError, match="unknown fast path fp16"):
+        FastPath.parse("bf16+fp16", CPU)
+    with pytest.raises(FastPathError, match="cuda_graphs needs a CUDA device"):
+        FastPath.parse("cuda_graphs", CPU)
+    with pytest.raises(FastPathError):
+        RGANCS(DEMO_BUNDLE, device="cpu", fast_path="turbo")
+
+
+def test_fast_model_leaves_the_bundle_model_alone() -> None:
+    model = load_bundle(DEMO_BUNDLE).model
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    FastModel(model, FastPath(bf16=True, channels_last=True), CPU)
+    weight = model.proximals[0].blocks[0].conv1.weight
+    assert weight.is_contiguous() and not weight.is_contiguous(memory_format=torch.channels_last)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_bf16_runs_the_network_in_bf16_and_dc_in_complex64(problems: list) -> None:
+    fast = RGANCS(DEMO_BUNDLE, device="cpu", fast_path="bf16").fast
+    seen: list[torch.dtype] = []
+    fast.net.proximals[0].register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    from recon_plugin.reconstructors.base import batch_operator
+
+    op, y = batch_operator(problems, CPU)
+    x = fast(y, op)
+    assert seen and all(d == torch.bfloat16 for d in seen)
+    assert x.dtype == torch.complex64
+
+
+@pytest.mark.parametrize("path", ["bf16", "channels_last", "bf16+channels_last"])
+def test_cpu_fast_paths_match_fp32(problems: list, path: str) -> None:
+    gap, base = _snr_gap(problems, path, "cpu")
+    assert min(base) > 15  # the demo bundle does reconstruct these slices
+    assert gap <= SNR_TOLERANCE_DB, f"{path} moves SNR by {gap:.3f} dB"
+
+
+@pytest.mark.slow
+def test_compiled_path_matches_fp32_on_cpu(problems: list) -> None:
+    gap, _ = _snr_gap(problems, "compile", "cpu")
+    assert gap <= SNR_TOLERANCE_DB, f"compile moves SNR by {gap:.3f} dB"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU: GPU fast paths not checked")
+@pytest.mark.parametrize("path", CUDA_PATHS)
+def test_cuda_fast_paths_match_fp32(problems: list, path: str) -> None:
+    gap, _ = _snr_gap(problems, path, "cuda")
+    assert gap <= SNR_TOLERANCE_DB, f"{path} moves SNR by {gap:.3f} dB"
