@@ -11,6 +11,8 @@ from .errors import InvalidInputError
 SAMPLE_DIR = Path(__file__).resolve().parents[1] / "sample_data"
 COLIN_FILE = SAMPLE_DIR / "colin27_t1_axial.npz"
 DEMO_BUNDLE = SAMPLE_DIR / "weights" / "rgancs_demo_cpu"
+#: The paper's default architecture (10 copies x 1 block x 128 features, shared), trained on SIAT brain slices.
+FULL_BUNDLE = SAMPLE_DIR / "weights" / "rgancs_10x1x128_siat"
 MATRIX = (208, 176)
 #: Slices kept out of training: the demo and the demo bundle's validation use them.
 HELD_OUT = (4, 11, 18, 25)

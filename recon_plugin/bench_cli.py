@@ -1,0 +1,73 @@
+"""The ``recon-plugin bench`` command (registered by recon_plugin.cli)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .bench import Case, markdown, run_bench, table_rows, write_json, write_markdown
+from .errors import ReconError
+from .sample_data import FULL_BUNDLE
+
+console = Console()
+
+
+def _case(text: str) -> Case:
+    try:
+        ny, nx, coils = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise typer.BadParameter(f"{text!r}: expected NYxNXxCOILS, e.g. 200x100x1") from None
+    if min(ny, nx, coils) < 1:
+        raise typer.BadParameter(f"{text!r}: sizes must be >= 1")
+    return Case(ny, nx, coils)
+
+
+def bench(
+    bundle: Annotated[Path, typer.Option(help="RGANCS bundle (default: the shipped 10x1x128)")] = FULL_BUNDLE,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
+    quick: Annotated[bool, typer.Option(help="CI mode: one case, batches 1 and 4, one BART slice")] = False,
+    case: Annotated[list[str] | None, typer.Option(help="NYxNXxCOILS, repeatable (default: the three cases)")] = None,
+    batch: Annotated[list[int] | None, typer.Option(help="batch size, repeatable (default 1 4 16 64)")] = None,
+    path: Annotated[list[str] | None, typer.Option(help="RGANCS fast path, repeatable (bf16+channels_last)")] = None,
+    slices: Annotated[int | None, typer.Option(help="distinct slices per case")] = None,
+    repeats: Annotated[int | None, typer.Option(help="timed repeats")] = None,
+    bart: Annotated[bool, typer.Option(help="time BART CS-WV and CS-TV")] = True,
+    cold: Annotated[bool, typer.Option(help="time a cold start in a fresh process")] = True,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the figures as JSON")] = None,
+    markdown_out: Annotated[Path | None, typer.Option("--markdown", help="update this Markdown file")] = None,
+) -> None:
+    """Time zero-filled, RGANCS (fp32 and fast paths) and BART CS on the same slices and masks; print a table."""
+    try:
+        report = run_bench(
+            bundle,
+            device=device,
+            quick=quick,
+            cases=[_case(c) for c in case] if case else None,
+            batches=batch or None,
+            paths=path or None,
+            slices=slices,
+            repeats=repeats,
+            bart=bart,
+            cold=cold,
+            progress=lambda text: console.print(f"[dim]{text}[/]"),
+        )
+    except ReconError as exc:
+        console.print(f"[bold red]{type(exc).__name__}[/]: {exc}")
+        raise typer.Exit(1) from exc
+    head, rows = table_rows(report)
+    table = Table(title=f"bench: {report.settings['model']} on {report.hardware['device']}")
+    for name in head:
+        table.add_column(name, justify="left" if name in ("case", "method", "path", "note") else "right")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    tail = markdown(report).split("\n\n", 2)[-1]  # ratios, cold start and roofline as Markdown tables
+    console.print(tail)
+    if json_out:
+        console.print(f"wrote {write_json(report, json_out)}")
+    if markdown_out:
+        console.print(f"wrote {write_markdown(report, markdown_out)}")

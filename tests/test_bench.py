@@ -1,0 +1,89 @@
+"""`recon-plugin bench`: figures on a tiny run, FLOP count, Markdown update, the CLI in quick form."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from recon_plugin.coils import bart_available
+from recon_plugin.bench import (
+    MARK_END,
+    MARK_START,
+    Case,
+    bench_problems,
+    flops_per_slice,
+    markdown,
+    run_bench,
+    write_json,
+    write_markdown,
+)
+from recon_plugin.errors import FastPathError
+from recon_plugin.model import ModelConfig
+from recon_plugin.sample_data import DEMO_BUNDLE
+
+
+@pytest.fixture(scope="module")
+def report():
+    return run_bench(
+        DEMO_BUNDLE,
+        device="cpu",
+        cases=[Case(64, 48, 1), Case(64, 48, 4)],
+        batches=[1, 3],
+        paths=["bf16", "channels_last"],
+        slices=2,
+        repeats=2,
+        bart=bart_available(),
+        cold=False,
+    )
+
+
+def test_problems_share_masks_and_have_references() -> None:
+    a, b = bench_problems(Case(64, 48, 4), 2), bench_problems(Case(64, 48, 4), 2)
+    assert len(a) == 2 and a[0].coils == 4 and a[0].shape == (64, 48)
+    assert (a[0].mask == b[0].mask).all() and (a[0].kspace == b[0].kspace).all()  # seeded: same slices every run
+    assert not (a[0].mask == a[1].mask).all()  # one mask per slice
+    assert a[0].maps is not None and a[0].reference is not None
+
+
+def test_every_method_and_path_is_timed_on_every_case(report) -> None:
+    for case in ("64x48, 1 coil", "64x48, 4 coils"):
+        rows = {(r.method, r.path): r for r in report.rows if r.case == case}
+        for path in ("fp32", "bf16", "channels_last"):
+            row = rows[("rgancs", path)]
+            assert 0 < row.p50_ms <= row.p95_ms
+            assert set(row.throughput) == {1, 3} and all(v > 0 for v in row.throughput.values())
+            assert row.peak_mb and row.peak_mb > 0 and row.snr_db > 10
+        assert rows[("rgancs", "bf16")].dsnr_db <= 0.05 and rows[("rgancs", "channels_last")].dsnr_db <= 0.05
+        assert rows[("rgancs", "fp32")].dsnr_db is None  # the baseline itself
+        assert rows[("zero_filled", "cpu")].p50_ms < rows[("rgancs", "fp32")].p50_ms  # A^H y vs ten network copies
+        if bart_available():
+            assert rows[("cs_wavelet", "bart")].p50_ms > 0 and rows[("cs_tv", "bart")].snr_db > 10
+    if bart_available():
+        assert any("CS-WV / RGANCS latency" in k for k in report.ratios)
+
+
+def test_flops_per_slice_by_hand() -> None:
+    flops = flops_per_slice(ModelConfig(copies=10, blocks=1, features=128), Case(200, 100, 1))
+    macs_per_pixel = 2 * 128 + 2 * 9 * 128 * 128 + 128 * 128 * 2 + 128 * 2
+    assert flops["conv_gflop"] == pytest.approx(2 * macs_per_pixel * 20000 * 10 / 1e9)
+    assert 130 < flops["total_gflop"] < 133  # about 131 GFLOP per 200x100 slice
+
+
+def test_markdown_block_is_replaced_in_place(report, tmp_path: Path) -> None:
+    doc = tmp_path / "performance.md"
+    doc.write_text(f"# Performance\n\nintro\n\n{MARK_START}\nold figures\n{MARK_END}\n\nanalysis kept\n")
+    write_markdown(report, doc)
+    text = doc.read_text()
+    assert "old figures" not in text and "intro" in text and "analysis kept" in text
+    assert text.count(MARK_START) == 1 and "| 64x48, 4 coils | rgancs | bf16 |" in text
+    assert markdown(report) in text
+    data = json.loads(write_json(report, tmp_path / "b.json").read_text())
+    assert {r["path"] for r in data["rows"] if r["method"] == "rgancs"} == {"fp32", "bf16", "channels_last"}
+    assert data["hardware"]["device"] == "cpu"
+
+
+def test_bad_fast_path_fails_before_anything_runs() -> None:
+    with pytest.raises(FastPathError):
+        run_bench(DEMO_BUNDLE, device="cpu", paths=["warp"], cold=False, bart=False)
