@@ -1,4 +1,4 @@
-"""Command line: ``recon-plugin mask``, ``recon-plugin demo``, ``recon-plugin bundle-info``."""
+"""Command line: ``recon-plugin mask``, ``demo``, ``replay``, ``reference-exam``, ``export``, ``serve``, ...."""
 
 from __future__ import annotations
 
@@ -104,10 +104,13 @@ def replay(
     timeout: Annotated[float, typer.Option(help="seconds a gadget may stay silent")] = 120.0,
     keep_partial: Annotated[bool, typer.Option(help="on failure, keep what arrived in OUT.partial.h5")] = False,
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+    timings: Annotated[
+        bool, typer.Option(help="print each gadget's stage seconds and last acquisition -> last image")
+    ] = False,
 ) -> None:
     """Replay an ISMRMRD file through a protocol's gadgets, exactly as Gadgetron runs them."""
     from .preview import series_comparison
-    from .replay import format_summary, partial_path, read_images, replay_file
+    from .replay import format_summary, format_timings, partial_path, read_images, replay_file
 
     try:
         summary = replay_file(
@@ -122,11 +125,36 @@ def replay(
         console.print(f"[bold red]OSError[/]: {exc}")
         raise typer.Exit(1) from exc
     console.print(format_summary(summary))
+    if timings:
+        console.print(format_timings(summary.timings, title=f"timings of {summary.input.name} (seconds)"))
     if png is not None:
         path = series_comparison(read_images(summary.output), png / "comparison.png")
         console.print(f"wrote {len(summary.pngs)} PNGs and {path}")
     if dicom is not None:
         export(summary.output, dicom)
+
+
+@app.command("reference-exam")
+def reference_exam(
+    out: Annotated[Path, typer.Argument(help="output ISMRMRD raw file (.h5)")],
+    planes: Annotated[int, typer.Option(help="ky-kz planes: readout length after oversampling removal")] = 128,
+    plane: Annotated[tuple[int, int], typer.Option(help="plane size KY KZ")] = (200, 100),
+    coils: Annotated[int, typer.Option(help="receive coils")] = 8,
+    seed: Annotated[int, typer.Option(help="simulation seed")] = 20253,
+) -> None:
+    """Write the speed target's reference 3D exam (default 128 ky-kz planes of 200 x 100, 8 coils, fully
+    sampled; about 330 MB), simulated from the bundled Colin27 slices. Replay it with a *_retro5x protocol."""
+    from .sample_raw import ReferenceExamRecipe, make_reference_exam, write_ismrmrd
+
+    try:
+        scan = make_reference_exam(ReferenceExamRecipe(planes=planes, plane=plane, coils=coils, seed=seed))
+    except ReconError as exc:
+        _fail(exc)
+    path = write_ismrmrd(out, scan.header, scan.acquisitions)
+    console.print(
+        f"wrote {path}: {planes} planes of {plane[0]} x {plane[1]}, {coils} coils, "
+        f"{len(scan.acquisitions)} readouts, {path.stat().st_size / 1e6:.0f} MB"
+    )
 
 
 @app.command()
@@ -183,6 +211,13 @@ def bundle_info(bundle: Annotated[Path, typer.Argument(help="bundle folder")]) -
         _fail(exc)
     console.print_json(json.dumps(loaded.sidecar))
     console.print(f"OK: {sum(p.numel() for p in loaded.model.parameters())} parameters, sha256 verified")
+
+
+from .bench_cli import bench  # noqa: E402
+from .review.cli import review_app  # noqa: E402
+
+app.command()(bench)
+app.add_typer(review_app, name="review", help="Blinded reader study of paired outputs, and the side-by-side report.")
 
 
 def main() -> None:

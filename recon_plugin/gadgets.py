@@ -17,7 +17,8 @@ from typing import Any
 import ismrmrd
 
 from .errors import ReconError
-from .pipeline import GadgetSettings, assemble, build_reconstructor, reconstruct_exam
+from .pipeline import GadgetSettings, assemble, build_reconstructor, reconstruct_exam, stamp_timings
+from .timings import StageTimer
 
 log = logging.getLogger(__name__)
 
@@ -60,14 +61,24 @@ class Inbox:
 
 
 def run(connection: Any, method: str) -> None:
-    """Reconstruct one exam with ``method``; report failures as ERROR messages."""
+    """Reconstruct one exam with ``method``; report failures as ERROR messages.
+
+    Every stage is timed (:mod:`recon_plugin.timings`): the images carry the stages known before
+    sending as ``Stage...Seconds`` meta, and the whole exam, sending included, is logged (INFO).
+    """
     inbox = Inbox(connection)
+    timer = StageTimer(method)
     try:
-        settings = GadgetSettings.from_properties(method, properties(connection.config))
-        reconstructor = build_reconstructor(settings)
-        problems = assemble(connection.header, inbox, settings)
-        for image in reconstruct_exam(problems, reconstructor, settings):
-            connection.send(image)
+        with timer.stage("setup"):
+            settings = GadgetSettings.from_properties(method, properties(connection.config))
+            reconstructor = build_reconstructor(settings)
+        problems = assemble(connection.header, inbox, settings, timer)
+        images = reconstruct_exam(problems, reconstructor, settings, timer)
+        stamp_timings(images, timer)
+        with timer.stage("send"):
+            for image in images:
+                connection.send(image)
+        log.info("%d images; %s", len(images), timer.summary())
         return
     except ReconError as exc:
         log.error("%s failed: %s", method, exc)

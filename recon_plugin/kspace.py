@@ -130,11 +130,22 @@ class RetroSettings:
 
 @dataclass
 class Assembled:
-    """One reconstruction problem with its geometry; ``retrospective`` when its mask was applied by us."""
+    """One reconstruction problem with its geometry; ``retrospective`` when its mask was applied by us.
+
+    ``full_kspace`` holds the fully sampled k-space while the reference is deferred
+    (``Assembler.problems(defer_reference=True)``) until :meth:`attach_reference`.
+    """
 
     problem: Problem
     geometry: SliceGeometry
     retrospective: bool = False
+    full_kspace: np.ndarray | None = field(default=None, repr=False)
+
+    def attach_reference(self) -> None:
+        """Compute a deferred reference (estimating the coil maps if needed) and drop the full k-space."""
+        if self.full_kspace is not None:
+            self.problem.reference = _reference(self.full_kspace, self.problem)
+            self.full_kspace = None
 
 
 @dataclass
@@ -250,17 +261,21 @@ class Assembler:
             ) from exc
         return np.linalg.inv(chol).astype(np.complex64)
 
-    def problems(self) -> list[Assembled]:
-        """All Problems of the exam, ordered by (repetition, contrast, slice, partition)."""
+    def problems(self, *, defer_reference: bool = False) -> list[Assembled]:
+        """All Problems of the exam, ordered by (repetition, contrast, slice, partition).
+
+        A retrospective reference needs the coil maps; with ``defer_reference`` neither is computed
+        here: call :meth:`Assembled.attach_reference` on each item (after timing the coil maps apart).
+        """
         if not self._buffers:
             raise IsmrmrdFormatError("no imaging acquisitions arrived; nothing to reconstruct")
         whiten = self.whitening_matrix()
         out: list[Assembled] = []
         for key in sorted(self._buffers, key=lambda k: (k[2], k[1], k[0])):
-            out.extend(self._problems_for(key, self._buffers[key], whiten))
+            out.extend(self._problems_for(key, self._buffers[key], whiten, defer_reference))
         return out
 
-    def _problems_for(self, key: Key, buf: _Buffer, whiten: np.ndarray | None) -> list[Assembled]:
+    def _problems_for(self, key: Key, buf: _Buffer, whiten: np.ndarray | None, defer: bool) -> list[Assembled]:
         sampled = buf.counts > 0
         data = buf.data / np.maximum(buf.counts, 1)[None, :, :, None]  # average repeated lines
         if whiten is not None:
@@ -283,9 +298,12 @@ class Assembler:
             if partition >= 0:
                 meta["partition"] = partition
             problem = Problem(kspace=kspace * mask, mask=mask, meta=meta, calib_width=self.calib_width)
+            item = Assembled(problem, self._geometry(head, key, partition, nx), retrospective=retro)
             if retro:
-                problem.reference = _reference(kspace, problem)
-            out.append(Assembled(problem, self._geometry(head, key, partition, nx), retrospective=retro))
+                item.full_kspace = kspace
+                if not defer:
+                    item.attach_reference()
+            out.append(item)
         return out
 
     def _retro_mask(self, sampled: np.ndarray, full: bool) -> tuple[np.ndarray, bool]:

@@ -7,8 +7,7 @@ functions; they hold no numerics of their own.
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from .metrics import snr_db, ssim
 from .reconstructors import RGANCS, Reconstructor, Result, ZeroFilled
 from .reconstructors.bart_cs import BartCS
 from .sample_data import DEMO_BUNDLE
+from .timings import RECON_STAGE, StageTimer
 
 log = logging.getLogger(__name__)
 
@@ -148,45 +148,108 @@ def build_reconstructor(settings: GadgetSettings) -> Reconstructor:
     return _RESIDENT[key]
 
 
-def assemble(header: Any, acquisitions: Iterable[ismrmrd.Acquisition], settings: GadgetSettings) -> list[Assembled]:
-    """Run acquisition assembly over a whole exam."""
+def assemble(
+    header: Any,
+    acquisitions: Iterable[ismrmrd.Acquisition],
+    settings: GadgetSettings,
+    timer: StageTimer | None = None,
+) -> list[Assembled]:
+    """Assemble a whole exam into problems with their coil maps (and retrospective references).
+
+    ``timer`` gets ``receive`` (first to last acquisition taken from ``acquisitions``, marks
+    ``first_acquisition`` / ``last_acquisition``), ``assembly_add`` (placing lines, overlapping the
+    receive), ``assembly`` (after the last acquisition), ``coil_maps`` and ``reference``.
+    """
+    timer = timer if timer is not None else StageTimer()
     assembler = Assembler(header, retro=settings.retro, calib_width=settings.calib_width)
     for acq in acquisitions:
-        assembler.add(acq)
-    return assembler.problems()
+        if timer.marked("first_acquisition") is None:
+            timer.mark("first_acquisition")
+        timer.mark("last_acquisition")
+        with timer.stage("assembly_add"):
+            assembler.add(acq)
+    receive = timer.between("first_acquisition", "last_acquisition")
+    if receive is not None:
+        timer.add("receive", receive)
+    with timer.stage("assembly"):
+        assembled = assembler.problems(defer_reference=True)
+    prepare_maps(assembled, timer)
+    return assembled
+
+
+def prepare_maps(assembled: Sequence[Assembled], timer: StageTimer | None = None) -> None:
+    """Estimate every problem's coil maps now (stage ``coil_maps``), then any deferred reference (``reference``),
+    so that the reconstruction stage times the reconstruction alone."""
+    timer = timer if timer is not None else StageTimer()
+    with timer.stage("coil_maps"):
+        for item in assembled:
+            item.problem.coil_maps()
+    deferred = [item for item in assembled if item.full_kspace is not None]
+    if deferred:
+        with timer.stage("reference"):
+            for item in deferred:
+                item.attach_reference()
 
 
 def reconstruct_exam(
-    assembled: list[Assembled], reconstructor: Reconstructor, settings: GadgetSettings
-) -> Iterator[ismrmrd.Image]:
-    """Reconstruct every problem and yield ISMRMRD images (with SNR/SSIM when a reference exists).
+    assembled: Sequence[Assembled],
+    reconstructor: Reconstructor,
+    settings: GadgetSettings,
+    timer: StageTimer | None = None,
+) -> list[ismrmrd.Image]:
+    """Reconstruct every problem and encode ISMRMRD images (with SNR/SSIM when a reference exists).
 
-    With ``settings.send_reference`` the fully sampled reference images are sent too, as series
-    ``SERIES_INDEX["reference"]``.
+    With ``settings.send_reference`` the fully sampled reference images follow each image, as series
+    ``SERIES_INDEX["reference"]``. ``timer`` gets the reconstruction stage (``RECON_STAGE[method]``),
+    ``metrics`` and ``encode``.
     """
-    start = time.perf_counter()
-    results = reconstructor.reconstruct_batch([a.problem for a in assembled])
-    log.info("%s: %d slices in %.2f s", settings.method, len(results), time.perf_counter() - start)
-    for index, (item, result) in enumerate(zip(assembled, results, strict=True)):
-        meta = dict(result.meta)
-        meta["retrospective"] = item.retrospective
-        ref = item.problem.reference
-        if ref is not None:
-            meta["snr_db"] = snr_db(ref, result.image)
-            meta["ssim"] = ssim(ref, result.image)
-        yield make_image(
-            replace(result, meta=meta),
-            item.geometry,
-            series_index=settings.series_index,
-            image_index=index + 1,
-            complex_output=settings.complex_output,
-        )
-        if settings.send_reference and ref is not None:
-            reference = Result(image=ref, meta={"method": "reference", "acceleration": 1.0})
-            yield make_image(
-                reference,
-                item.geometry,
-                series_index=SERIES_INDEX["reference"],
-                image_index=index + 1,
-                complex_output=settings.complex_output,
+    timer = timer if timer is not None else StageTimer()
+    stage = RECON_STAGE.get(settings.method, settings.method)
+    with timer.stage(stage):
+        results = reconstructor.reconstruct_batch([a.problem for a in assembled])
+    log.info("%s: %d slices in %.2f s", settings.method, len(results), timer.seconds(stage))
+    with timer.stage("metrics"):
+        metas = [_result_meta(item, result) for item, result in zip(assembled, results, strict=True)]
+    images: list[ismrmrd.Image] = []
+    with timer.stage("encode"):
+        for index, (item, result, meta) in enumerate(zip(assembled, results, metas, strict=True)):
+            images.append(
+                make_image(
+                    replace(result, meta=meta),
+                    item.geometry,
+                    series_index=settings.series_index,
+                    image_index=index + 1,
+                    complex_output=settings.complex_output,
+                )
             )
+            ref = item.problem.reference
+            if settings.send_reference and ref is not None:
+                reference = Result(image=ref, meta={"method": "reference", "acceleration": 1.0})
+                images.append(
+                    make_image(
+                        reference,
+                        item.geometry,
+                        series_index=SERIES_INDEX["reference"],
+                        image_index=index + 1,
+                        complex_output=settings.complex_output,
+                    )
+                )
+    return images
+
+
+def _result_meta(item: Assembled, result: Result) -> dict[str, Any]:
+    meta = dict(result.meta)
+    meta["retrospective"] = item.retrospective
+    ref = item.problem.reference
+    if ref is not None:
+        meta["snr_db"] = snr_db(ref, result.image)
+        meta["ssim"] = ssim(ref, result.image)
+    return meta
+
+
+def stamp_timings(images: Iterable[ismrmrd.Image], timer: StageTimer) -> None:
+    """Add the stage seconds known so far (``Stage...Seconds``) to every image's meta."""
+    entries = timer.meta()
+    for image in images:
+        for name, value in entries.items():
+            image.meta[name] = value

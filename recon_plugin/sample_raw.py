@@ -23,7 +23,8 @@ whitening with the noise scans, inverse FFT, cropping and SENSE combination with
 (:func:`combine_fully_sampled`) recover it up to the receiver noise.
 
 The sample files in ``sample_data/raw`` are made by ``scripts/make_sample_raw.py`` with
-:func:`make_brain3d` and :func:`make_brain2d`.
+:func:`make_brain3d` and :func:`make_brain2d`; the (large, not bundled) reference exam of the
+speed target by :func:`make_reference_exam` (``recon-plugin reference-exam``).
 """
 
 from __future__ import annotations
@@ -50,14 +51,17 @@ __all__ = [
     "BRAIN2D",
     "BRAIN3D",
     "DEBIAN_COLIN",
+    "REFERENCE_EXAM",
     "Brain2DRecipe",
     "Brain3DRecipe",
     "RawScan",
+    "ReferenceExamRecipe",
     "ScanGeometry",
     "SimulatedScan",
     "build_raw",
     "coil_sensitivities",
     "colin_axial_block",
+    "colin_npz_volume",
     "colin_volume_block",
     "combine_fully_sampled",
     "correlated_noise",
@@ -65,6 +69,7 @@ __all__ = [
     "make_brain2d",
     "make_brain3d",
     "make_header",
+    "make_reference_exam",
     "noise_covariance",
     "simulate_2d",
     "simulate_3d",
@@ -738,6 +743,38 @@ def colin_axial_block(
     return np.clip(np.stack(out), 0.0, 1.0).astype(np.float32), centres
 
 
+def colin_npz_volume(
+    npz_path: str | Path,
+    shape: Sequence[int],
+    voxel_mm: Sequence[float],
+    centre_mm: Sequence[float],
+) -> np.ndarray:
+    """The bundled axial slices (every 3 mm) resampled onto an axial LPS grid ``shape`` = (nz, ny, nx).
+
+    The grid is laid out as in :func:`colin_volume_block` (no NIfTI template needed); in-plane
+    Gaussian anti-alias blur (FWHM = target voxel), trilinear interpolation between the slices,
+    zero outside them. Values in [0, 1].
+    """
+    path = Path(npz_path)
+    if not path.is_file():
+        raise InvalidInputError(f"sample slices {path} not found; run from a checkout of the project")
+    with np.load(path) as z:
+        slices = z["slices"].astype(np.float32) / 255.0
+        axial = z["axial_index"].astype(np.float64)
+    dx, dy, _ = (float(v) for v in voxel_mm)
+    volume = gaussian_filter(slices, sigma=(0.0, dy / 2.355, dx / 2.355))
+    nz, ny, nx = (int(s) for s in shape)
+    geom = ScanGeometry((nx, ny, nz), tuple(voxel_mm), (tuple(centre_mm),), dims=3, oversampling=1)  # type: ignore[arg-type]
+    lps = geom.voxel_positions().reshape(-1, 3)
+    rows = slices.shape[1]
+    # template mm (NIfTI origin at voxel (90, 125, 71)): column = 90 + RAS x, row = rows - 1 - (125 + RAS y)
+    column = 90.0 - lps[:, 0]
+    row = rows - 126.0 + lps[:, 1]
+    plane = np.interp(lps[:, 2] + 71.0, axial, np.arange(len(axial)), left=-2.0, right=len(axial) + 1.0)
+    out = map_coordinates(volume, [plane, row, column], order=1, mode="constant", cval=0.0)
+    return np.clip(out.reshape(nz, ny, nx), 0.0, 1.0).astype(np.float32)
+
+
 def _pad_readout(x: np.ndarray, oversampling: int = 2) -> np.ndarray:
     nx = x.shape[-1]
     nxe = oversampling * nx
@@ -779,8 +816,34 @@ class Brain2DRecipe:
     seed: int = 20252
 
 
+@dataclass(frozen=True)
+class ReferenceExamRecipe:
+    """The speed target's reference 3D exam: ``planes`` ky-kz planes of ``plane`` = (ky, kz), ``coils`` coils.
+
+    ``planes`` is the readout length after oversampling removal (the file holds twice as many
+    samples per readout). The field of view is fixed, so a smaller exam (tests) covers the same
+    head with larger voxels. Fully sampled, raster order; replay it with a ``*_retro5x`` protocol.
+    """
+
+    planes: int = 128
+    plane: tuple[int, int] = (200, 100)
+    coils: int = 8
+    fov_mm: tuple[float, float, float] = (154.0, 220.0, 90.0)  # readout (R-L), ky (A-P), kz (F-H)
+    centre_mm: tuple[float, float, float] = (0.0, 17.0, 18.0)  # LPS; the bundled slices span Z -25 .. 62 mm
+    noise_std: float = 0.01
+    noise_scans: int = 16
+    seed: int = 20253
+
+    @property
+    def voxel_mm(self) -> tuple[float, float, float]:
+        """(dx, dy, dz) in mm."""
+        ny, nz = self.plane
+        return (self.fov_mm[0] / self.planes, self.fov_mm[1] / ny, self.fov_mm[2] / nz)
+
+
 BRAIN3D = Brain3DRecipe()
 BRAIN2D = Brain2DRecipe()
+REFERENCE_EXAM = ReferenceExamRecipe()
 
 
 def make_brain3d(nifti_path: str | Path = DEBIAN_COLIN, recipe: Brain3DRecipe = BRAIN3D) -> tuple[RawScan, RawScan]:
@@ -816,3 +879,20 @@ def make_brain2d(npz_path: str | Path = COLIN_FILE, recipe: Brain2DRecipe = BRAI
     return build_raw(
         sim, measurement_uid=201, measurement_id="brain2d_multislice", protocol_name="brain2d", tr_ms=250.0
     )
+
+
+def make_reference_exam(recipe: ReferenceExamRecipe = REFERENCE_EXAM, npz_path: str | Path = COLIN_FILE) -> RawScan:
+    """Fully sampled 3D scan of the bundled Colin27 slices with the recipe's size (default: 128 planes of
+    200 x 100, 8 coils: about 330 MB of raw data). InvalidInputError for an impossible size."""
+    r = recipe
+    ny, nz = (int(v) for v in r.plane)
+    if r.planes < 2 or r.planes % 2 or ny < 2 or nz < 2 or r.coils < 1:
+        raise InvalidInputError(
+            f"reference exam needs an even number of planes >= 2, a plane of at least 2 x 2 and >= 1 coil; "
+            f"got {r.planes} planes of {ny} x {nz}, {r.coils} coils"
+        )
+    mag = colin_npz_volume(npz_path, (nz, ny, 2 * r.planes), r.voxel_mm, r.centre_mm)
+    sim = simulate_3d(
+        mag, r.voxel_mm, r.centre_mm, coils=r.coils, noise_std=r.noise_std, noise_scans=r.noise_scans, seed=r.seed
+    )
+    return build_raw(sim, measurement_uid=401, measurement_id="reference_exam", protocol_name="reference_exam")

@@ -34,6 +34,7 @@ from recon_plugin.mrd_server import (
 )
 from recon_plugin.replay import ExternalStep, read_images, read_raw, replay_file, run_external
 from recon_plugin.replay.external import encode_message
+from recon_plugin.timings import is_stage_meta
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -124,8 +125,8 @@ def assert_same_images(got: list[ismrmrd.Image], expected: list[ismrmrd.Image]) 
         head_a, head_b = a.getHead(), b.getHead()
         head_a.attribute_string_len = head_b.attribute_string_len = 0
         assert bytes(head_a) == bytes(head_b)
-        meta_a = {k: v for k, v in dict(a.meta).items() if k not in VOLATILE_META}
-        meta_b = {k: v for k, v in dict(b.meta).items() if k not in VOLATILE_META}
+        meta_a = {k: v for k, v in dict(a.meta).items() if k not in VOLATILE_META and not is_stage_meta(k)}
+        meta_b = {k: v for k, v in dict(b.meta).items() if k not in VOLATILE_META and not is_stage_meta(k)}
         assert meta_a == meta_b
         assert a.data.dtype == b.data.dtype and a.data.shape == b.data.shape
         assert float(np.max(np.abs(a.data - b.data))) == 0.0

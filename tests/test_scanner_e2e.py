@@ -86,6 +86,13 @@ def test_side_by_side_compare_protocol(tmp_path):
     snr = {s.series: s.mean_snr_db for s in summary.series}
     assert snr[1] is not None and snr[2] is not None and snr[9] is None
     assert images[9][0].meta["Method"] == "reference"
+    timings = {t.source: t for t in summary.timings}  # one per parallel branch, each with its own clocks
+    assert sorted(timings) == ["rgancs", "zero_filled"]
+    assert timings["rgancs"].series == (2,) and timings["zero_filled"].series == (1, 9)  # zf sends the reference
+    assert "network" in timings["rgancs"].stages and "zero_filled" in timings["zero_filled"].stages
+    for t in timings.values():
+        assert t.acquisition_to_last_image is not None and 0 <= t.acquisition_to_last_image <= summary.seconds
+        assert min(t.stages.values()) >= 0 and t.stages["coil_maps"] > 0
 
 
 # --------------------------------------------------------------------------- bad input

@@ -49,6 +49,9 @@ def test_four_methods_and_reference(tmp_path, raw):
         for s in (1, 2, 3, 4):
             assert tuple(by_index[s][index].position) == pytest.approx(tuple(ref.position))
     assert {s.series for s in summary.series} == {1, 2, 3, 4, 9}
+    recon_stage = {t.source: [n for n in ("network", "bart", "zero_filled") if n in t.stages] for t in summary.timings}
+    expected = {"zero_filled": ["zero_filled"], "rgancs": ["network"], "cs_wavelet": ["bart"], "cs_tv": ["bart"]}
+    assert recon_stage == expected
 
 
 def test_a_failing_branch_is_reported_and_the_others_arrive(tmp_path, raw, monkeypatch):

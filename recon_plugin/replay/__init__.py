@@ -33,10 +33,12 @@ from .dataset import RawData, read_images, read_raw, write_images, write_pngs
 from .external import DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT, ExternalRun, Message, attach_results, run_external
 from .protocol import ExternalStep, ParallelStep, Protocol, Step, load_protocol
 from .streams import ParallelRun, RunOptions, StreamRun, input_consumers, run_parallel, run_stream
+from .timing import ExamTiming, exam_timings, format_timings
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "ExamTiming",
     "ExternalRun",
     "ExternalStep",
     "ParallelRun",
@@ -49,6 +51,7 @@ __all__ = [
     "Step",
     "StreamRun",
     "format_summary",
+    "format_timings",
     "load_protocol",
     "partial_path",
     "read_images",
@@ -83,7 +86,7 @@ class SeriesSummary:
 
 @dataclass(frozen=True)
 class ReplaySummary:
-    """What a successful replay produced."""
+    """What a successful replay produced; ``timings``: one :class:`ExamTiming` per output gadget."""
 
     input: Path
     protocol: Path | None
@@ -93,6 +96,7 @@ class ReplaySummary:
     seconds: float
     series: list[SeriesSummary] = field(default_factory=list)
     pngs: list[Path] = field(default_factory=list)
+    timings: list[ExamTiming] = field(default_factory=list)
 
     @property
     def images(self) -> int:
@@ -191,6 +195,7 @@ def replay_file(
         seconds=time.monotonic() - start,
         series=_summarise(labelled),
         pngs=pngs,
+        timings=exam_timings(result),
     )
 
 

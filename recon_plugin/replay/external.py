@@ -82,6 +82,9 @@ class ExternalRun:
         seconds: wall time from start to the process's exit.
         returncode: the process's exit status (negative: killed by a signal; None: unknown).
         sent: number of data messages sent to the gadget.
+        started_at: when the run started (``time.monotonic()`` of the replay process, as the three below).
+        last_acquisition_sent_at: when the last acquisition was handed to the socket (None: none sent).
+        first_image_at, last_image_at: when the first and the last image had arrived (None: no image).
     """
 
     step: ExternalStep
@@ -93,6 +96,10 @@ class ExternalRun:
     seconds: float = 0.0
     returncode: int | None = None
     sent: int = 0
+    started_at: float = 0.0
+    last_acquisition_sent_at: float | None = None
+    first_image_at: float | None = None
+    last_image_at: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -153,9 +160,9 @@ def run_external(
 
     Never raises for gadget failures: see :attr:`ExternalRun.failure` and :meth:`ExternalRun.raise_for_errors`.
     """
-    run = ExternalRun(step=step)
-    outcome = _Outcome()
     start = time.monotonic()
+    run = ExternalRun(step=step, started_at=start)
+    outcome = _Outcome()
     messages = list(itertools.chain(acquisitions, waveforms))
     for message in messages:
         if not isinstance(message, ismrmrd.Acquisition | ismrmrd.Waveform | ismrmrd.Image):
@@ -288,6 +295,8 @@ def _send_all(
             if outcome.stop.is_set():
                 return
             conn.sendall(encode_message(message))
+            if isinstance(message, ismrmrd.Acquisition):
+                run.last_acquisition_sent_at = time.monotonic()
             run.sent += 1
             if on_sent is not None:
                 on_sent(message)
@@ -361,6 +370,9 @@ def _receive_all(
                     return
                 run.outputs.append(item)
                 if isinstance(item, ismrmrd.Image):
+                    run.last_image_at = time.monotonic()
+                    if run.first_image_at is None:
+                        run.first_image_at = run.last_image_at
                     run.images.append(item)
                     if on_image is not None:
                         on_image(item)
