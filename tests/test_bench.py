@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from recon_plugin.coils import bart_available
 from recon_plugin.bench import (
     MARK_END,
     MARK_START,
@@ -19,6 +18,7 @@ from recon_plugin.bench import (
     write_json,
     write_markdown,
 )
+from recon_plugin.coils import bart_available
 from recon_plugin.errors import FastPathError
 from recon_plugin.model import ModelConfig
 from recon_plugin.sample_data import DEMO_BUNDLE
