@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import ismrmrd
+import torch
 
 from .errors import ProtocolError
 from .images import SERIES_INDEX, make_image
@@ -21,7 +22,7 @@ from .masks import FAMILIES
 from .metrics import snr_db, ssim
 from .reconstructors import RGANCS, Reconstructor, Result, ZeroFilled
 from .reconstructors.bart_cs import BartCS
-from .sample_data import DEMO_BUNDLE
+from .sample_data import DEMO_BUNDLE, FULL_BUNDLE
 from .timings import RECON_STAGE, StageTimer
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ class GadgetSettings:
     weights: Path = DEMO_BUNDLE
     device: str = "auto"
     batch_size: int = 16
+    fast_path: str = "auto"
     retro: RetroSettings | None = None
     series_index: int = 0
     complex_output: bool = False
@@ -50,7 +52,7 @@ class GadgetSettings:
 
     @classmethod
     def from_properties(cls, method: str, props: dict[str, str]) -> GadgetSettings:
-        """Parse properties (weights, device, batch_size, mask, retro_acceleration, seed, calib, calib_width,
+        """Parse properties (weights, device, batch_size, fast_path, mask, retro_acceleration, seed, calib, calib_width,
         series_index, complex, reference; for BART CS: lambda, iterations, time_limit, workers);
         a bad value is a ProtocolError naming the property."""
         if method not in METHODS:
@@ -58,6 +60,7 @@ class GadgetSettings:
         known = {
             "weights",
             "device",
+            "fast_path",
             "batch_size",
             "mask",
             "retro_acceleration",
@@ -78,8 +81,9 @@ class GadgetSettings:
         retro = _retro_settings(props)
         return cls(
             method=method,
-            weights=Path(props["weights"]) if props.get("weights") else DEMO_BUNDLE,
+            weights=Path(props["weights"]) if props.get("weights") else default_weights(props.get("device") or "auto"),
             device=props.get("device", "auto") or "auto",
+            fast_path=props.get("fast_path", "auto") or "auto",
             batch_size=_number(props, "batch_size", 16, int),
             retro=retro,
             series_index=_number(props, "series_index", SERIES_INDEX[method], int),
@@ -127,7 +131,14 @@ def _retro_settings(props: dict[str, str]) -> RetroSettings | None:
     )
 
 
-_RESIDENT: dict[tuple[str, str, int], Reconstructor] = {}
+_RESIDENT: dict[tuple[str, str, int, str], Reconstructor] = {}
+
+
+def default_weights(device: str = "auto") -> Path:
+    """The bundle a gadget loads without a ``weights`` property: the paper's 10x1x128 model when it will run
+    on a CUDA GPU, the small CPU demo bundle otherwise (the full model takes about a second per slice on a CPU)."""
+    on_gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    return FULL_BUNDLE if on_gpu and (FULL_BUNDLE / "bundle.json").is_file() else DEMO_BUNDLE
 
 
 def build_reconstructor(settings: GadgetSettings) -> Reconstructor:
@@ -142,9 +153,11 @@ def build_reconstructor(settings: GadgetSettings) -> Reconstructor:
             time_limit=settings.time_limit,
             workers=settings.workers,
         )
-    key = (str(Path(settings.weights).resolve()), settings.device, settings.batch_size)
+    key = (str(Path(settings.weights).resolve()), settings.device, settings.batch_size, settings.fast_path)
     if key not in _RESIDENT:
-        _RESIDENT[key] = RGANCS(settings.weights, device=settings.device, batch_size=settings.batch_size)
+        _RESIDENT[key] = RGANCS(
+            settings.weights, device=settings.device, batch_size=settings.batch_size, fast_path=settings.fast_path
+        )
     return _RESIDENT[key]
 
 
