@@ -61,3 +61,21 @@ def test_unknown_method():
 def test_models_stay_resident():
     s = GadgetSettings.from_properties("rgancs", {"device": "cpu"})
     assert build_reconstructor(s) is build_reconstructor(s)
+
+
+def test_default_weights_follow_the_device():
+    from recon_plugin.pipeline import default_weights
+    from recon_plugin.sample_data import DEMO_BUNDLE, FULL_BUNDLE
+
+    assert default_weights("cpu") == DEMO_BUNDLE
+    assert default_weights("cuda") == (FULL_BUNDLE if (FULL_BUNDLE / "bundle.json").is_file() else DEMO_BUNDLE)
+    assert GadgetSettings.from_properties("rgancs", {"device": "cpu"}).weights == DEMO_BUNDLE
+
+
+def test_fast_path_property_reaches_the_reconstructor():
+    from recon_plugin.errors import FastPathError
+
+    settings = GadgetSettings.from_properties("rgancs", {"device": "cpu", "fast_path": "bf16"})
+    assert build_reconstructor(settings).fast_path.name == "bf16"
+    with pytest.raises(FastPathError):
+        build_reconstructor(GadgetSettings.from_properties("rgancs", {"device": "cpu", "fast_path": "nitro"}))
