@@ -7,7 +7,9 @@ functions; they hold no numerics of their own.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -195,6 +197,11 @@ def prepare_maps(assembled: Sequence[Assembled], timer: StageTimer | None = None
     so that the reconstruction stage times the reconstruction alone."""
     timer = timer if timer is not None else StageTimer()
     with timer.stage("coil_maps"):
+        pending = [item.problem for item in assembled if item.problem.coils > 1 and item.problem.maps is None]
+        workers = min(len(pending), os.cpu_count() or 1)
+        if workers > 1:  # one single-threaded ESPIRiT (a BART process, or sigpy) per core
+            with ThreadPoolExecutor(workers, thread_name_prefix="coil-maps") as pool:
+                list(pool.map(lambda problem: problem.coil_maps(), pending))
         for item in assembled:
             item.problem.coil_maps()
     deferred = [item for item in assembled if item.full_kspace is not None]
