@@ -87,3 +87,29 @@ def test_markdown_block_is_replaced_in_place(report, tmp_path: Path) -> None:
 def test_bad_fast_path_fails_before_anything_runs() -> None:
     with pytest.raises(FastPathError):
         run_bench(DEMO_BUNDLE, device="cpu", paths=["warp"], cold=False, bart=False)
+
+
+def test_quick_cli_prints_the_table_and_writes_json(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from recon_plugin.cli import app
+
+    out = tmp_path / "bench.json"
+    doc = tmp_path / "performance.md"
+    args = ["bench", "--quick", "--bundle", str(DEMO_BUNDLE), "--device", "cpu", "--no-bart"]
+    res = CliRunner().invoke(app, [*args, "--json", str(out), "--markdown", str(doc)])
+    assert res.exit_code == 0, res.output
+    data = json.loads(out.read_text())
+    assert data["settings"]["quick"] is True and data["settings"]["batches"] == [1, 4]
+    assert {r["path"] for r in data["rows"] if r["method"] == "rgancs"} == {"fp32", "bf16", "channels_last"}
+    assert data["cold_start_s"]["fp32"] > 0  # a fresh process really reconstructed a slice
+    assert "bench: 10x1x32 on cpu" in res.output and MARK_START in doc.read_text()
+
+
+def test_cli_rejects_a_bad_case() -> None:
+    from typer.testing import CliRunner
+
+    from recon_plugin.cli import app
+
+    res = CliRunner().invoke(app, ["bench", "--case", "200by100", "--bundle", str(DEMO_BUNDLE)])
+    assert res.exit_code != 0 and "NYxNXxCOILS" in res.output
