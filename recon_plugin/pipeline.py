@@ -40,7 +40,7 @@ class GadgetSettings:
     method: str
     weights: Path = DEMO_BUNDLE
     device: str = "auto"
-    batch_size: int = 16
+    batch_size: int = 0  # 0: the device's default (RGANCS.default_batch_size)
     fast_path: str = "auto"
     retro: RetroSettings | None = None
     series_index: int = 0
@@ -86,7 +86,7 @@ class GadgetSettings:
             weights=Path(props["weights"]) if props.get("weights") else default_weights(props.get("device") or "auto"),
             device=props.get("device", "auto") or "auto",
             fast_path=props.get("fast_path", "auto") or "auto",
-            batch_size=_number(props, "batch_size", 16, int),
+            batch_size=_number(props, "batch_size", 0, int),
             retro=retro,
             series_index=_number(props, "series_index", SERIES_INDEX[method], int),
             complex_output=_flag(props, "complex"),

@@ -26,10 +26,16 @@ def robust_scale(x: torch.Tensor, percentile: float = 99.0) -> torch.Tensor:
     return torch.where(scale > 0, scale, torch.ones_like(scale))
 
 
+def default_batch_size(device: torch.device) -> int:
+    """Slices per network call: 16 on a GPU; 1 on a CPU, where batching measured slower (docs/performance.md)."""
+    return 16 if device.type == "cuda" else 1
+
+
 class RGANCS(Reconstructor):
     """Batched RGANCS on CUDA when present (overridable), CPU otherwise.
 
-    ``fast_path`` picks the inference optimisations (see :mod:`.fast_paths`; "auto" = the device's default).
+    ``fast_path`` picks the inference optimisations (see :mod:`.fast_paths`; "auto" = the device's default);
+    ``batch_size`` None (or 0) = the device's default (:func:`default_batch_size`).
 
     Each slice is divided by a robust scale of its zero-filled image (as in
     training, from the bundle's sidecar), reconstructed, and scaled back.
@@ -41,7 +47,7 @@ class RGANCS(Reconstructor):
         self,
         bundle: Bundle | str | Path,
         device: str | torch.device | None = None,
-        batch_size: int = 16,
+        batch_size: int | None = None,
         fast_path: str | FastPath = "auto",
     ) -> None:
         self.device = resolve_device(device)
@@ -58,7 +64,7 @@ class RGANCS(Reconstructor):
         if norm.get("kind") != "percentile":
             raise BundleMismatchError(f"unknown normalisation {norm!r} in bundle {self.bundle.name}")
         self.percentile = float(norm.get("percentile", 99.0))
-        self.batch_size = max(1, int(batch_size))
+        self.batch_size = max(1, int(batch_size)) if batch_size else default_batch_size(self.device)
 
     @torch.inference_mode()
     def reconstruct_batch(self, problems: list[Problem]) -> list[Result]:
