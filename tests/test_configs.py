@@ -8,7 +8,8 @@ import pytest
 
 from training.config import load_config
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.toml"))
+ROOT = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = sorted(ROOT.glob("**/*.toml"))
 
 
 def test_there_are_configs():
@@ -20,22 +21,22 @@ def test_there_are_configs():
     }
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_config_loads(path):
     config = load_config(path)
     assert config.data.train_range == [0, 140] and config.data.val_range == [140, 160]  # split by scan block
-    assert config.optim.batch_size == 2 and config.optim.beta1 == 0.9
-    if "cpu" in path.stem:  # the short CPU run: small model, larger learning rate with a cosine schedule
-        assert config.model.features == 32 and config.optim.schedule == "cosine"
+    assert config.optim.beta1 == 0.9
+    if "cpu" in str(path.relative_to(ROOT)):  # short CPU runs: larger learning rate with a cosine schedule
+        assert config.optim.lr >= 5e-4 and config.optim.schedule == "cosine"
     else:
-        assert config.optim.lr == 1e-5  # the paper's
+        assert config.optim.lr == 1e-5 and config.optim.batch_size == 2  # the paper's
     if "lsgan" in path.stem:
         assert config.loss.lambda_gan == 0.1 and config.loss.eta == 0.9
     if config.data.kind == "sr":  # super-resolution: 1 channel in [0, 1], independent copies
         assert (config.model.copies, config.model.blocks, config.model.shared) == (5, 2, False)
         assert (config.model.channels, config.model.output_activation) == (1, "sigmoid")
         assert (config.data.crop, config.data.sr_kernel) == (128, 4)
-    elif "deep" in path.stem:
+    elif "deep" in path.stem or path.stem.startswith("1x10"):
         assert (config.model.copies, config.model.blocks) == (1, 10)
     else:
         assert (config.model.copies, config.model.blocks, config.model.shared) == (10, 1, True)
