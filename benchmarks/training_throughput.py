@@ -1,25 +1,62 @@
-"""Training throughput of RGANCS (slices per second), fp32 and bf16 autocast, on this machine's CPU or GPU.
+"""Training throughput of RGANCS (slices per second), fp32 and bf16 autocast, through the real Trainer.
 
 Usage: python benchmarks/training_throughput.py [--features 128 --size 256 --batch 2 --steps 3 --device auto]
-Times full generator steps (forward through every copy, pixel + data-fidelity loss, backward, clipping, Adam)
-on simulated single-coil slices with 5x radial masks, after one warm-up step; bf16 keeps A, A^H and the
-data-consistency steps in complex64 as the trainer does.
+Times ``Trainer.train_step`` (a batch drawn and simulated with a new 5x radial mask per slice, forward through
+every copy, data-fidelity + pixel loss, backward, clipping, Adam) after one warm-up step, on the bundled Colin27
+slices zero-padded to ``size`` (or ``--data`` slices of that size); bf16 keeps A, A^H and the data-consistency
+steps in complex64 as training does.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
+import numpy as np
 import torch
 
-from recon_plugin.masks import make_mask
-from recon_plugin.model import ModelConfig, RecurrentProximalNet
-from recon_plugin.model.precision import FullPrecisionOperator
-from recon_plugin.physics import SenseOperator
-from recon_plugin.reconstructors.base import resolve_device
+from recon_plugin.sample_data import load_colin_slices
+from training.config import config_from_dict
+from training.loop import Trainer
+
+
+def padded_colin(size: int) -> np.ndarray:
+    """The bundled slices zero-padded (or centre-cropped) to size x size."""
+    slices = load_colin_slices()
+    out = np.zeros((len(slices), size, size), np.float32)
+    ny, nx = (min(n, size) for n in slices.shape[1:])
+    iy, ix = (slices.shape[1] - ny) // 2, (slices.shape[2] - nx) // 2
+    oy, ox = (size - ny) // 2, (size - nx) // 2
+    out[:, oy : oy + ny, ox : ox + nx] = slices[:, iy : iy + ny, ix : ix + nx]
+    return out
+
+
+def time_steps(args: argparse.Namespace, data: Path, out: Path, bf16: bool) -> tuple[float, str]:
+    """Median seconds of one training step, and the device it ran on."""
+    n = len(np.load(data, mmap_mode="r"))
+    config = config_from_dict(
+        {
+            "model": {"copies": args.copies, "blocks": args.blocks, "features": args.features},
+            "data": {"path": str(data), "train_range": [0, n - 1], "val_range": [n - 1, n]},
+            "optim": {"batch_size": args.batch, "steps": args.steps + 1},
+            "run": {"out": str(out), "device": args.device, "bf16": bf16, "progress": False, "seed": 0},
+        }
+    )
+    trainer = Trainer(config)
+    trainer.train_step()  # warm-up
+    times = []
+    for _ in range(args.steps):
+        if trainer.device.type == "cuda":
+            torch.cuda.synchronize(trainer.device)
+        start = time.perf_counter()
+        trainer.train_step()
+        if trainer.device.type == "cuda":
+            torch.cuda.synchronize(trainer.device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), str(trainer.device)
 
 
 def main() -> None:
@@ -27,57 +64,19 @@ def main() -> None:
     for name, default in (("copies", 10), ("blocks", 1), ("features", 128), ("size", 256), ("batch", 2), ("steps", 3)):
         parser.add_argument(f"--{name}", type=int, default=default)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--data", type=Path, help=".npy of slices [n, size, size] (default: bundled slices, padded)")
     args = parser.parse_args()
-    device = resolve_device(args.device)
-    n = args.size
-    masks = torch.from_numpy(make_mask("radial", (n, n), 5.0, seed=0).mask.copy()).expand(args.batch, n, n)
-    op = SenseOperator(masks.to(device))
-    x = torch.randn(args.batch, n, n, dtype=torch.complex64, device=device)
-    y = op.forward(x)
-    config = ModelConfig(copies=args.copies, blocks=args.blocks, features=args.features)
-    for bf16 in (False, True):
-        median = _time_steps(config, op, x, y, device, bf16, args.steps)
-        print(
-            f"{'bf16' if bf16 else 'fp32'}: {args.copies}x{args.blocks}x{args.features}, {n}x{n}, "
-            f"batch {args.batch} on {device} ({torch.get_num_threads()} threads): {median:.3f} s/step, "
-            f"{args.batch / median:.3f} slices/s (median of {args.steps})"
-        )
-
-
-def _time_steps(
-    config: ModelConfig,
-    op: SenseOperator,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    device: torch.device,
-    bf16: bool,
-    steps: int,
-) -> float:
-    """Median seconds of one generator training step."""
-    torch.manual_seed(0)
-    net = RecurrentProximalNet(config).to(device)
-    opt = torch.optim.Adam(net.parameters(), lr=1e-4)
-    forward_op = FullPrecisionOperator(op, device.type) if bf16 else op
-
-    def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-        with autocast:
-            x_hat, outputs = net(y, forward_op)
-        loss = (x_hat - x).abs().mean() + sum(((forward_op.forward(o) - y).abs() ** 2).mean() for o in outputs)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        opt.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    step()  # warm-up
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    with tempfile.TemporaryDirectory(prefix="train-throughput-") as tmp:
+        data = args.data or Path(tmp) / "slices.npy"
+        if args.data is None:
+            np.save(data, padded_colin(args.size))
+        for bf16 in (False, True):
+            median, device = time_steps(args, data, Path(tmp) / ("bf16" if bf16 else "fp32"), bf16)
+            print(
+                f"{'bf16' if bf16 else 'fp32'}: {args.copies}x{args.blocks}x{args.features}, {args.size}x{args.size}, "
+                f"batch {args.batch} on {device} ({torch.get_num_threads()} threads): {median:.3f} s/step, "
+                f"{args.batch / median:.3f} slices/s (median of {args.steps})"
+            )
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ import torch
 from .errors import BartNotFoundError, InvalidInputError, ReconError
 from .masks import make_mask
 from .metrics import snr_db
-from .model import ModelConfig
+from .model import ModelConfig, load_bundle
 from .problem import Problem
 from .reconstructors import RGANCS, ZeroFilled
 from .reconstructors.base import resolve_device
@@ -372,7 +372,7 @@ def run_bench(
             "mask": "radial view-ordered 5x",
         },
     )
-    model_config = RGANCS(bundle, device="cpu", fast_path="fp32").bundle.model.config
+    model_config = load_bundle(bundle).model.config
     report.settings["model"] = f"{model_config.copies}x{model_config.blocks}x{model_config.features}"
     for case in cases:
         progress(f"{case.name}: simulating {slices} slices")

@@ -22,6 +22,7 @@ from .images import SERIES_INDEX, make_image
 from .kspace import Assembled, Assembler, RetroSettings
 from .masks import FAMILIES
 from .metrics import snr_db, ssim
+from .problem import Problem
 from .reconstructors import RGANCS, Reconstructor, Result, ZeroFilled
 from .reconstructors.bart_cs import BartCS
 from .sample_data import DEMO_BUNDLE, FULL_BUNDLE
@@ -201,9 +202,10 @@ def prepare_maps(assembled: Sequence[Assembled], timer: StageTimer | None = None
         workers = min(len(pending), os.cpu_count() or 1)
         if workers > 1:  # one single-threaded ESPIRiT (a BART process, or sigpy) per core
             with ThreadPoolExecutor(workers, thread_name_prefix="coil-maps") as pool:
-                list(pool.map(lambda problem: problem.coil_maps(), pending))
-        for item in assembled:
-            item.problem.coil_maps()
+                list(pool.map(Problem.coil_maps, pending))
+        else:
+            for problem in pending:
+                problem.coil_maps()
     deferred = [item for item in assembled if item.full_kspace is not None]
     if deferred:
         with timer.stage("reference"):

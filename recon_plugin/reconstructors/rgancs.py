@@ -58,8 +58,7 @@ class RGANCS(Reconstructor):
                 f"bundle {self.bundle.name} is a {self.bundle.model.config.channels}-channel model; "
                 "MR reconstruction needs a complex (2-channel) model"
             )
-        self.model = self.bundle.model.to(self.device).eval()
-        self.fast = FastModel(self.model, self.fast_path, self.device)
+        self.fast = FastModel(self.bundle.model, self.fast_path, self.device)  # a private copy on the device
         norm = self.bundle.normalisation
         if norm.get("kind") != "percentile":
             raise BundleMismatchError(f"unknown normalisation {norm!r} in bundle {self.bundle.name}")
