@@ -58,3 +58,25 @@ def simulate_problem(
         noise = rng.standard_normal(kspace.shape) + 1j * rng.standard_normal(kspace.shape)
         kspace = kspace + (noise_std / np.sqrt(2) * noise).astype(np.complex64)
     return Problem(kspace=kspace, mask=mask, maps=maps, reference=image, meta=dict(meta or {}))
+
+
+def birdcage_coil_maps(
+    shape: tuple[int, int],
+    coils: int,
+    *,
+    radius: float = 1.5,
+    coils_per_ring: int | None = None,
+) -> np.ndarray:
+    """Analytic birdcage-style receive maps (sigpy's Biot-Savart model), sum_c |S_c|^2 = 1.
+
+    ``radius`` is the coil ring radius relative to the field of view (larger = flatter maps);
+    ``coils_per_ring`` (default: all) sets how
+    many coils share one ring, as in arrays with several rings along z.
+    """
+    import sigpy.mri
+
+    ny, nx = shape
+    per_ring = coils if coils_per_ring is None else max(1, min(coils, coils_per_ring))
+    maps = np.asarray(sigpy.mri.birdcage_maps((coils, ny, nx), r=radius, nzz=per_ring), dtype=np.complex64)
+    maps /= np.sqrt((np.abs(maps) ** 2).sum(0, keepdims=True)) + 1e-12
+    return maps.astype(np.complex64)
