@@ -25,10 +25,15 @@ def _fail(exc: ReconError) -> None:
 @app.command()
 def mask(
     out: Annotated[Path, typer.Option(help="output stem: writes STEM.npy, STEM_view_order.csv, STEM.png")],
-    family: Annotated[str, typer.Option(help="radial | poisson | lines")] = "radial",
+    family: Annotated[str, typer.Option(help="radial | poisson | lines | uniform (every R-th line + ACS)")] = "radial",
     shape: Annotated[tuple[int, int], typer.Option(help="grid size NY NX (e.g. ky kz)")] = (200, 100),
-    acceleration: Annotated[float, typer.Option(help="total points / sampled points")] = 5.0,
-    calib: Annotated[int | None, typer.Option(help="side of the fully sampled centre (default: per family)")] = None,
+    acceleration: Annotated[
+        float, typer.Option(help="total points / sampled points; for uniform the integer line spacing R")
+    ] = 5.0,
+    calib: Annotated[
+        int | None,
+        typer.Option(help="side of the fully sampled centre; lines and uniform: ACS lines (default: per family)"),
+    ] = None,
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
 ) -> None:
     """Make an undersampling mask with its view order and a PNG preview."""

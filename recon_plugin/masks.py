@@ -1,21 +1,25 @@
 """Seeded undersampling masks for Cartesian MRI.
 
-Three families, all returning a :class:`MaskResult`:
+Four families, all returning a :class:`MaskResult`:
 
 * ``"radial"`` -- :func:`radial_view_ordered`: variable-density Cartesian sampling of a 2D
   phase-encode plane (ky-kz of a 3D scan) with radial view ordering, as in VDRad
   (Cheng et al.) and the RGANCS paper (Mardani et al.).
 * ``"poisson"`` -- :func:`poisson_disc`: 2D variable-density Poisson disc.
 * ``"lines"`` -- :func:`variable_density_lines`: 1D variable-density ky lines for 2D scans.
+* ``"uniform"`` -- :func:`uniform_lines`: every R-th ky line plus a centred block of ACS lines
+  (GRAPPA/SENSE-style parallel imaging).
 
 Conventions shared by every family:
 
 * A mask is a boolean array ``[ny, nx]``; axis 0 is ky, axis 1 is kz (or the readout for
-  ``"lines"``). The k-space centre is ``(ny // 2, nx // 2)``, as produced by a centred FFT
+  ``"lines"`` and ``"uniform"``). The k-space centre is ``(ny // 2, nx // 2)``, as produced by a centred FFT
   (``fftshift(fft(ifftshift(x)))``).
-* Acceleration is ``mask.size / mask.sum()``. Every family samples exactly
-  ``round(N / R)`` points (``N = ny * nx``; for lines ``round(ny / R)`` lines), so the
-  achieved acceleration differs from the requested one only by that rounding.
+* Acceleration is ``mask.size / mask.sum()``. ``"radial"``, ``"poisson"`` and ``"lines"`` sample
+  exactly ``round(N / R)`` points (``N = ny * nx``; for lines ``round(ny / R)`` lines), so the
+  achieved acceleration differs from the requested one only by that rounding. ``"uniform"``
+  follows the scanners' labelling instead: R is the lattice spacing, and the ACS lines on top
+  of the lattice make the achieved acceleration lower than R.
 * Calibration region (``calib``): a centred, fully sampled block. ``None`` selects the
   default: 10 % of each dimension rounded, at least 4 (never more than the dimension),
   shrunk (uniformly, to no less than 1) where it would take more than a third of the point
@@ -56,6 +60,7 @@ __all__ = [
     "make_mask",
     "poisson_disc",
     "radial_view_ordered",
+    "uniform_lines",
     "variable_density_lines",
     "write_mask_files",
 ]
@@ -66,7 +71,7 @@ GOLDEN_ANGLE = math.pi * (3.0 - math.sqrt(5.0))
 GOLDEN_ANGLE_DIAMETER = math.pi * 2.0 / (1.0 + math.sqrt(5.0))
 """180 degrees / golden ratio, about 111.246 degrees: the variant for full-diameter spokes."""
 
-FAMILIES = ("radial", "poisson", "lines")
+FAMILIES = ("radial", "poisson", "lines", "uniform")
 
 Calib = int | Sequence[int] | None
 
@@ -77,7 +82,7 @@ class MaskResult:
 
     ``view_order`` is the acquisition order: for ``"radial"`` an int array ``[n_sampled, 2]`` of
     ``(ky, kz)`` visiting every sampled point exactly once; for ``"lines"`` an int array
-    ``[n_lines]`` of ky indices; ``None`` for ``"poisson"`` (no natural order; files then use
+    ``[n_lines]`` of ky indices (also ``"uniform"``); ``None`` for ``"poisson"`` (no natural order; files then use
     raster order). Arrays are read-only.
     """
 
@@ -555,17 +560,104 @@ def variable_density_lines(
     return MaskResult(mask, view_order, "lines", acc, seed, (n_cal, nx if n_cal else 0))
 
 
+# --------------------------------------------------------------------------- uniform (GRAPPA-style)
+
+
+def _check_lattice_factor(acceleration: float | int) -> int:
+    """R as an int >= 1: an int, or a float with an integer value; anything else is a MaskSpecError."""
+    bad = MaskSpecError(f"uniform acceleration must be an integer >= 1 (every R-th line), got {acceleration!r}")
+    if isinstance(acceleration, bool):
+        raise bad
+    if isinstance(acceleration, int | np.integer):
+        factor = int(acceleration)
+    else:
+        try:
+            value = float(acceleration)
+        except (TypeError, ValueError):
+            raise bad from None
+        if not math.isfinite(value) or value != math.floor(value):
+            raise bad
+        factor = int(value)
+    if factor < 1:
+        raise bad
+    return factor
+
+
+def _acs_lines(calib: Calib, ny: int) -> int:
+    """Number of ACS lines: an int, or a pair of which the first entry counts; ``None`` = 24."""
+    if calib is None:
+        return min(24, ny)
+    if isinstance(calib, int | np.integer) and not isinstance(calib, bool):
+        n_cal = int(calib)
+    else:
+        try:
+            first = calib[0]  # type: ignore[index]
+        except (TypeError, IndexError, KeyError):
+            raise MaskSpecError(f"calib must be an int or a pair (ny_c, nx_c), got {calib!r}") from None
+        if isinstance(first, bool) or not isinstance(first, int | np.integer):
+            raise MaskSpecError(f"calib must be an int or a pair of ints, got {calib!r}")
+        n_cal = int(first)
+    if n_cal < 0 or n_cal > ny:
+        raise MaskSpecError(f"calibration of {n_cal} ACS lines does not fit {ny} ky lines; choose 0..{ny}")
+    return n_cal
+
+
+def uniform_lines(
+    shape: Sequence[int],
+    acceleration: float | int,
+    *,
+    calib: Calib = 24,
+    seed: int = 0,
+    offset: int | None = None,
+) -> MaskResult:
+    """GRAPPA/SENSE-style ky lines: every R-th line plus a centred block of ``calib`` ACS lines.
+
+    ``acceleration`` is the lattice spacing R, an integer >= 1 (an int, or a float with an integer
+    value such as 3.0) and at most ny. Lattice lines are ``ky % R == offset``; ``offset`` (0..R-1)
+    defaults to one drawn from ``numpy.random.default_rng(seed)``, so masks are seeded and
+    reproducible. ``calib`` ACS lines (an int >= 0 and at most ny; for a pair only the first
+    entry counts; ``None`` = 24) span rows ``ny//2 - calib//2`` onwards, so the centre line
+    ``ny // 2`` is always sampled when ``calib > 0``. Rows are broadcast along axis 1.
+
+    ``acceleration_requested`` is R, as scanners label GRAPPA/SENSE factors; the achieved
+    acceleration (``mask.size / mask.sum()``) is lower because of the ACS lines, e.g. 256 lines
+    at R = 3 with 24 ACS lines sample 101 or 102 lines: about 2.5x.
+
+    ``view_order`` is an int array ``[n_lines]`` of the sampled ky indices, ascending.
+    """
+    ny, nx = _check_shape(shape)
+    factor = _check_lattice_factor(acceleration)
+    if factor > ny:
+        raise MaskSpecError(f"uniform acceleration {factor} is larger than the {ny} ky lines; use at most {ny}")
+    seed = _check_seed(seed)
+    n_cal = _acs_lines(calib, ny)
+    if offset is None:
+        phase = int(np.random.default_rng(seed).integers(factor))
+    elif isinstance(offset, bool) or not isinstance(offset, int | np.integer) or not 0 <= offset < factor:
+        raise MaskSpecError(f"offset must be an int in 0..{factor - 1} for acceleration {factor}, got {offset!r}")
+    else:
+        phase = int(offset)
+
+    lines = np.zeros(ny, dtype=bool)
+    lines[phase::factor] = True
+    lines[_calib_slice(ny, n_cal)] = True
+    mask = np.repeat(lines[:, None], nx, axis=1)
+    view_order = np.flatnonzero(lines).astype(np.int64)
+    return MaskResult(mask, view_order, "uniform", float(factor), seed, (n_cal, nx if n_cal else 0))
+
+
 # --------------------------------------------------------------------------- dispatch, files
 
 _BUILDERS = {
     "radial": radial_view_ordered,
     "poisson": poisson_disc,
     "lines": variable_density_lines,
+    "uniform": uniform_lines,
 }
 
 
 def make_mask(family: str, shape: Sequence[int], acceleration: float, **kw: Any) -> MaskResult:
-    """Build a mask of ``family`` ("radial", "poisson" or "lines"); ``kw`` go to the builder."""
+    """Build a mask of ``family`` ("radial", "poisson", "lines" or "uniform"); ``kw`` go to the builder."""
     key = str(family).strip().lower()
     if key not in _BUILDERS:
         raise MaskSpecError(f"unknown mask family {family!r}; choose one of {', '.join(FAMILIES)}")
@@ -608,7 +700,7 @@ def write_mask_files(result: MaskResult, stem: str | Path) -> dict[str, Path]:
 
     The npy holds the boolean mask. The CSV has header ``index,ky,kz`` and one row per sampled
     point in acquisition order (raster order when ``view_order`` is ``None``), or ``index,ky``
-    and one row per line for ``"lines"``. The PNG shows the mask white on black, magnified
+    and one row per line for ``"lines"`` and ``"uniform"``. The PNG shows the mask white on black, magnified
     (nearest neighbour, up to 4x) and, when there is a view order, a second panel colouring
     points by acquisition time (blue early, red late). Parent folders are created.
     Returns ``{"mask": ..., "view_order": ..., "preview": ...}``.

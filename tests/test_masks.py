@@ -372,3 +372,125 @@ def test_write_mask_files(family, tmp_path):
     assert pixels.max() == 255 and pixels.min() == 0  # white samples on black
     white = np.all(pixels == 255, axis=-1).mean()
     assert 0.05 < white < 0.6
+
+
+# --------------------------------------------------------------------------- uniform (GRAPPA-style)
+
+
+def acs_rows(ny: int, n_cal: int) -> set[int]:
+    start = ny // 2 - n_cal // 2
+    return set(range(start, start + n_cal))
+
+
+def test_uniform_lines_exact_positions_for_a_known_offset() -> None:
+    from recon_plugin.masks import uniform_lines
+
+    res = uniform_lines((32, 8), 4, calib=6, offset=1)
+    expected = sorted({1, 5, 9, 13, 17, 21, 25, 29} | {13, 14, 15, 16, 17, 18})
+    assert res.view_order.tolist() == expected
+    rows = np.flatnonzero(res.mask[:, 0])
+    assert rows.tolist() == expected
+    assert (res.mask == res.mask[:, :1]).all()  # whole rows, broadcast along axis 1
+    assert res.family == "uniform" and res.acceleration_requested == 4 and res.calib == (6, 8)
+
+
+def test_uniform_lines_acs_block_is_centred_and_holds_the_centre_line() -> None:
+    from recon_plugin.masks import uniform_lines
+
+    for ny, n_cal, r in [(256, 24, 3), (255, 7, 4), (64, 1, 5)]:
+        for offset in range(r):
+            lines = uniform_lines((ny, 16), r, calib=n_cal, offset=offset).mask[:, 0]
+            acs = acs_rows(ny, n_cal)
+            assert ny // 2 in acs and all(lines[i] for i in acs)
+            assert lines[min(acs) - 1] == ((min(acs) - 1 - offset) % r == 0)  # no wider than asked
+            assert lines[max(acs) + 1] == ((max(acs) + 1 - offset) % r == 0)
+            outside = [i for i in range(ny) if i not in acs]
+            assert all(lines[i] == ((i - offset) % r == 0) for i in outside)
+    no_acs = uniform_lines((64, 4), 4, calib=0, offset=1)
+    assert np.flatnonzero(no_acs.mask[:, 0]).tolist() == list(range(1, 64, 4)) and no_acs.calib == (0, 0)
+
+
+def test_uniform_lines_are_reproducible_and_seeds_move_the_lattice() -> None:
+    from recon_plugin.masks import uniform_lines
+
+    a, b = uniform_lines((128, 32), 4, seed=7), uniform_lines((128, 32), 4, seed=7)
+    np.testing.assert_array_equal(a.mask, b.mask)
+    np.testing.assert_array_equal(a.view_order, b.view_order)
+    phases = {int(uniform_lines((128, 32), 4, calib=0, seed=s).view_order[0]) for s in range(20)}
+    assert len(phases) >= 2 and phases <= {0, 1, 2, 3}
+    assert make_mask("uniform", (128, 32), 4.0, seed=7).mask.tobytes() == a.mask.tobytes()
+
+
+def test_uniform_lines_achieved_acceleration_is_below_r() -> None:
+    from recon_plugin.masks import uniform_lines
+
+    for offset, n_lines in [(0, 102), (1, 101), (2, 101)]:  # 86 or 85 lattice lines + 24 ACS - 8 shared
+        res = uniform_lines((256, 256), 3, calib=24, offset=offset)
+        assert int(res.mask[:, 0].sum()) == n_lines
+        assert res.acceleration == pytest.approx(256 / n_lines)
+    assert 2.5 < res.acceleration < 2.55 and res.acceleration_requested == 3
+    assert uniform_lines((256, 256), 3.0, calib=0, offset=0).acceleration == pytest.approx(256 / 86)
+    assert uniform_lines((16, 4), 1, calib=4).mask.all()
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "match"),
+    [
+        ((2.5,), {}, "integer"),
+        ((0,), {}, "integer"),
+        ((-3,), {}, "integer"),
+        ((float("nan"),), {}, "integer"),
+        ((True,), {}, "integer"),
+        (("x",), {}, "integer"),
+        ((3,), {"calib": 65}, "does not fit"),
+        ((3,), {"calib": -1}, "does not fit"),
+        ((3,), {"calib": (65, 2)}, "does not fit"),
+        ((3,), {"offset": 3}, "offset"),
+        ((3,), {"offset": -1}, "offset"),
+        ((65,), {}, "larger than"),
+        ((3,), {"seed": -1}, "seed"),
+    ],
+)
+def test_uniform_lines_refuses_impossible_requests(args, kwargs, match) -> None:
+    from recon_plugin.masks import uniform_lines
+
+    with pytest.raises(MaskSpecError, match=match):
+        uniform_lines((64, 16), *args, **kwargs)
+
+
+def test_uniform_calib_pair_counts_its_first_entry() -> None:
+    from recon_plugin.masks import uniform_lines
+
+    res = uniform_lines((64, 16), 4, calib=(10, 999), offset=0)
+    assert res.calib == (10, 16) and set(np.flatnonzero(res.mask[:, 0])) >= acs_rows(64, 10)
+
+
+def test_mask_command_writes_uniform_files(tmp_path) -> None:
+    import csv
+
+    from typer.testing import CliRunner
+
+    from recon_plugin.cli import app
+    from recon_plugin.masks import uniform_lines
+
+    stem = tmp_path / "m"
+    args = ["mask", "--family", "uniform", "--shape", "256", "256", "--acceleration", "3", "--calib", "24"]
+    res = CliRunner().invoke(app, [*args, "--out", str(stem), "--seed", "5"])
+    assert res.exit_code == 0, res.output
+    mask = np.load(tmp_path / "m.npy")
+    expected = uniform_lines((256, 256), 3, calib=24, seed=5)
+    np.testing.assert_array_equal(mask, expected.mask)
+    with open(tmp_path / "m_view_order.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["ky"]) for r in rows] == expected.view_order.tolist()
+    assert Image.open(tmp_path / "m.png").getextrema() != (0, 0)
+    assert f"acceleration {expected.acceleration:.3f} (asked 3)" in " ".join(res.output.split())
+    bad = CliRunner().invoke(app, [*args[:-3], "2.5", "--out", str(tmp_path / "bad")])
+    assert bad.exit_code == 2 and "MaskSpecError" in bad.output and not (tmp_path / "bad.npy").exists()
+
+
+def test_training_accepts_every_mask_family() -> None:
+    from recon_plugin.masks import FAMILIES as ALL_FAMILIES
+    from training.config import MASK_FAMILIES
+
+    assert "uniform" in ALL_FAMILIES and set(MASK_FAMILIES) == set(ALL_FAMILIES)

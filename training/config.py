@@ -31,7 +31,7 @@ from recon_plugin.model import ModelConfig
 
 from .errors import TrainingConfigError
 
-MASK_FAMILIES = ("radial", "poisson", "lines")
+MASK_FAMILIES = ("radial", "poisson", "lines", "uniform")
 DATA_KINDS = ("images", "raw", "sr")
 SCHEDULES = ("none", "cosine")
 DEVICES = ("auto", "cpu", "cuda")
