@@ -8,6 +8,7 @@ Images are complex64 tensors [batch, ny, nx]; multi-coil k-space is
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TypeVar
 
 import numpy as np
@@ -72,7 +73,77 @@ def check_finite(name: str, x: np.ndarray | torch.Tensor) -> None:
         )
 
 
-class SenseOperator:
+def _batch_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Re <a, b> per batch element, shaped [batch, 1, ..., 1] to broadcast against ``a``."""
+    dims = tuple(range(1, a.ndim))
+    prod = a.conj() * b if a.is_complex() else a * b
+    return prod.sum(dim=dims, keepdim=True).real
+
+
+def conjugate_gradient(
+    normal: Callable[[torch.Tensor], torch.Tensor],
+    rhs: torch.Tensor,
+    x0: torch.Tensor | None = None,
+    iterations: int = 10,
+) -> torch.Tensor:
+    """Solve ``normal(x) = rhs`` by ``iterations`` steps of conjugate gradients, independently per batch element.
+
+    ``normal`` must be Hermitian positive (semi-)definite (e.g. A^H A + lambda I). The number of
+    steps is fixed (no early exit), so the result is differentiable end to end and a slice's
+    solution does not depend on the other slices of its batch. A converged element stays put.
+    """
+    if iterations < 0:
+        raise InvalidInputError(f"conjugate-gradient iterations must be >= 0, got {iterations}")
+    x = torch.zeros_like(rhs) if x0 is None else x0
+    r = rhs - normal(x) if x0 is not None else rhs
+    p = r
+    rs = _batch_dot(r, r)
+    tiny = torch.finfo(rs.dtype).tiny
+    for _ in range(iterations):
+        ap = normal(p)
+        alpha = rs / _batch_dot(p, ap).clamp_min(tiny)
+        x = x + alpha * p
+        r = r - alpha * ap
+        rs_new = _batch_dot(r, r)
+        p = r + (rs_new / rs.clamp_min(tiny)) * p
+        rs = rs_new
+    return x
+
+
+def _per_slice(lam: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor | float:
+    """A scalar or per-slice [batch] weight, shaped to broadcast against images [batch, ny, nx]."""
+    if isinstance(lam, torch.Tensor) and lam.ndim == 1:
+        return lam.reshape(-1, *([1] * (like.ndim - 1)))
+    return lam
+
+
+class _RegularisedSolve:
+    """Proximal data consistency shared by the operators: argmin ||A x - y||^2 + lambda ||x - z||^2."""
+
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:  # pragma: no cover - provided by the operator
+        raise NotImplementedError
+
+    def normal(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - provided by the operator
+        raise NotImplementedError
+
+    def regularised_solve(
+        self, z: torch.Tensor, y: torch.Tensor, lam: torch.Tensor | float, iterations: int = 5
+    ) -> torch.Tensor:
+        """x = argmin ||A x - y||^2 + lam ||x - z||^2, by CG on (A^H A + lam I) x = A^H y + lam z from x = z.
+
+        ``lam`` is a scalar (tensor or float) or one value per slice; it must be > 0 unless the
+        operator alone is invertible on the data. Differentiable in z, y and lam.
+        """
+        lam_b = _per_slice(lam, z)
+        rhs = self.adjoint(y) + lam_b * z
+        return conjugate_gradient(lambda v: self.normal(v) + lam_b * v, rhs, z, iterations)
+
+    def cg_sense(self, y: torch.Tensor, iterations: int = 10, lam: float = 0.0) -> torch.Tensor:
+        """CG-SENSE: ``iterations`` CG steps on (A^H A + lam I) x = A^H y from x = 0 (few steps regularise)."""
+        return conjugate_gradient(lambda v: self.normal(v) + lam * v, self.adjoint(y), None, iterations)
+
+
+class SenseOperator(_RegularisedSolve):
     """SENSE forward model A x = M F (S x) for a batch of 2D slices.
 
     ``mask`` is boolean [ny, nx] or [batch, ny, nx]; ``maps`` is complex
@@ -172,7 +243,7 @@ class SenseOperator:
             )
 
 
-class SuperResolutionOperator:
+class SuperResolutionOperator(_RegularisedSolve):
     """Average over k x k blocks with stride k (default 4x4) and its adjoint.
 
     Works on real or complex tensors [..., ny, nx] with ny, nx multiples of k.

@@ -8,7 +8,13 @@ file's folder. Whether the data exist is checked when the Trainer is built, not 
 ``[data] kind``:
 
 - ``"images"``: ``path`` is a .npy or NIfTI file of slices (``axis`` picks the slice axis);
-  k-space is simulated (``coils``, ``noise``, ``crop``; with ``random_crop`` training slices are
+  k-space is simulated: ``simulation = "simple"`` (fixed ring coil maps ``coils``, white ``noise``,
+  one ``mask_family``) or ``"scanner"`` (training.datasets.scanner_sim: per-example coil maps from
+  ``coil_kspace`` real arrays (probability ``real_map_fraction``) or birdcage maps with a coil
+  count in ``coil_range``, ``single_coil_fraction`` single-coil examples, correlated noise in
+  ``noise_range``, masks from ``mask_mixture`` entries like "radial:4-8" / "uniform:2-4" with
+  ``uniform_calib`` ACS lines, maps estimated from each example's ACS when ``estimate_maps``);
+  ``crop``; with ``random_crop`` training slices are
   cropped at a new random position per draw and validation slices stay whole); split by ``train_range``/``val_range``,
   by SIAT blocks (``train_blocks``/``val_blocks``, 10 slices each) or by ``val_fraction``.
 - ``"raw"``: fully sampled ISMRMRD files, ``paths`` (a list) or ``path`` (a file or a glob);
@@ -35,6 +41,7 @@ MASK_FAMILIES = ("radial", "poisson", "lines", "uniform")
 DATA_KINDS = ("images", "raw", "sr")
 SCHEDULES = ("none", "cosine")
 DEVICES = ("auto", "cpu", "cuda")
+SIMULATIONS = ("simple", "scanner")
 
 
 def _fail(section: str, key: str, why: str) -> TrainingConfigError:
@@ -67,10 +74,20 @@ class DataConfig:
     augment: bool = True
     percentile: float = 99.0
     seed: int = 0
+    simulation: str = "simple"
+    mask_mixture: list[str] | None = None
+    uniform_calib: list[int] | None = None
+    coil_range: list[int] | None = None
+    coil_kspace: list[str] | None = None
+    real_map_fraction: float = 0.5
+    single_coil_fraction: float = 0.0
+    noise_range: list[float] | None = None
+    estimate_maps: bool = True
 
     def check(self) -> None:
         """Raise TrainingConfigError on an impossible value."""
         s = "data"
+        self._check_scanner()
         if self.kind not in DATA_KINDS:
             raise _fail(s, "kind", f"{self.kind!r} is not supported; use one of {', '.join(DATA_KINDS)}")
         if not self.path and not (self.kind == "raw" and self.paths):
@@ -108,6 +125,32 @@ class DataConfig:
             raise _fail(s, "percentile", f"must be in (0, 100], got {self.percentile}")
         if self.seed < 0:
             raise _fail(s, "seed", f"must be >= 0, got {self.seed}")
+
+    def _check_scanner(self) -> None:
+        s = "data"
+        if self.simulation not in SIMULATIONS:
+            raise _fail(s, "simulation", f"unknown simulation {self.simulation!r}; use one of {', '.join(SIMULATIONS)}")
+        scanner_keys = ("mask_mixture", "uniform_calib", "coil_range", "coil_kspace", "noise_range")
+        if self.simulation != "scanner":
+            for key in scanner_keys:
+                if getattr(self, key) is not None:
+                    raise _fail(s, key, 'only used with simulation = "scanner"')
+            return
+        if self.kind != "images":
+            raise _fail(s, "simulation", 'the scanner simulation is for kind = "images"')
+        from .datasets.scanner_sim import parse_mixture
+
+        try:
+            parse_mixture(self.mask_mixture or [f"{self.mask_family}:{self.acceleration:g}"])
+        except ValueError as exc:
+            raise _fail(s, "mask_mixture", str(exc)) from exc
+        for key, lo in (("uniform_calib", 0), ("coil_range", 2), ("noise_range", 0)):
+            pair = getattr(self, key)
+            if pair is not None and (len(pair) != 2 or not lo <= pair[0] <= pair[1]):
+                raise _fail(s, key, f"expected [low, high] with {lo} <= low <= high, got {pair}")
+        for key in ("real_map_fraction", "single_coil_fraction"):
+            if not 0 <= getattr(self, key) <= 1:
+                raise _fail(s, key, f"must be in [0, 1], got {getattr(self, key)}")
 
 
 @dataclass
@@ -216,8 +259,10 @@ class TrainConfig:
                 raise _fail("model", "channels", f'super-resolution (kind = "sr") needs channels = 1, got {m.channels}')
             if m.output_activation != "sigmoid":
                 raise _fail("model", "output_activation", 'super-resolution needs output_activation = "sigmoid"')
-            if m.data_consistency != "gradient":
-                raise _fail("model", "data_consistency", 'super-resolution needs data_consistency = "gradient"')
+            if m.data_consistency == "exact":
+                raise _fail("model", "data_consistency", 'super-resolution needs "gradient" or "cg" data consistency')
+            if m.init != "adjoint":
+                raise _fail("model", "init", 'super-resolution gives its own network input; use init = "adjoint"')
         elif m.channels != 2:
             raise _fail(
                 "model", "channels", f"complex MR (kind = {self.data.kind!r}) needs channels = 2, got {m.channels}"
@@ -241,7 +286,19 @@ _SECTIONS: dict[str, type] = {
     "optim": OptimConfig,
     "run": RunConfig,
 }
-_MODEL_KEYS = ("copies", "blocks", "features", "shared", "data_consistency", "output_activation", "channels")
+_MODEL_KEYS = (
+    "copies",
+    "blocks",
+    "features",
+    "shared",
+    "data_consistency",
+    "output_activation",
+    "channels",
+    "cg_iterations",
+    "cg_lambda",
+    "init",
+    "init_iterations",
+)
 
 
 def _allowed_types(annotation: Any) -> tuple[type, ...]:
@@ -267,9 +324,13 @@ def _coerce(section: str, key: str, value: Any, annotation: Any) -> Any:
     if not isinstance(value, allowed):
         raise _fail(section, key, f"expected {'/'.join(t.__name__ for t in allowed)}, got {value!r}")
     if isinstance(value, list):
-        item = str if str in _list_items(annotation) else int
+        items = _list_items(annotation)
+        item: type | tuple[type, ...] = str if str in items else ((int, float) if float in items else int)
         if not all(isinstance(v, item) and not isinstance(v, bool) for v in value):
-            raise _fail(section, key, f"expected a list of {'strings' if item is str else 'integers'}, got {value!r}")
+            what = {str: "strings", int: "integers"}.get(item, "numbers")  # type: ignore[arg-type]
+            raise _fail(section, key, f"expected a list of {what}, got {value!r}")
+        if float in items:
+            value = [float(v) for v in value]
     return value
 
 
@@ -313,6 +374,8 @@ def config_from_dict(raw: dict[str, Any], base_dir: str | Path | None = None) ->
             config.data.path = str(base / config.data.path)
         if config.data.paths:
             config.data.paths = [p if Path(p).is_absolute() else str(base / p) for p in config.data.paths]
+        if config.data.coil_kspace:
+            config.data.coil_kspace = [p if Path(p).is_absolute() else str(base / p) for p in config.data.coil_kspace]
         if not Path(config.run.out).is_absolute():
             config.run.out = str(base / config.run.out)
     config.check()

@@ -488,6 +488,13 @@ class Trainer:
                 {"family": "none", "operator": "block average", "kernel": cfg.data.sr_kernel}
                 if self.sr
                 else {
+                    "family": "mixture",
+                    "mixture": cfg.data.mask_mixture or [f"{cfg.data.mask_family}:{cfg.data.acceleration:g}"],
+                    "uniform_calib": cfg.data.uniform_calib or [16, 48],
+                    "per_sample": True,
+                }
+                if cfg.data.simulation == "scanner"
+                else {
                     "family": cfg.data.mask_family,
                     "acceleration": cfg.data.acceleration,
                     "per_sample": cfg.data.per_sample_masks,

@@ -23,6 +23,7 @@ from .config import DataConfig, TrainConfig
 from .data import Batch
 from .datasets import ImageArraySlices, ImageFolderSR, RawFileSlices, SRBatch, load_slices, siat_blocks
 from .datasets.base import DatasetError
+from .datasets.scanner_sim import CoilModel, ScannerSimulation, parse_mixture, real_maps_from_kspace
 from .errors import TrainingConfigError
 
 #: Validation examples per fixed batch.
@@ -97,12 +98,34 @@ def _chunks(n: int) -> list[list[int]]:
     return [list(range(i, min(i + VAL_CHUNK, n))) for i in range(0, n, VAL_CHUNK)]
 
 
+def scanner_simulation(d: DataConfig) -> ScannerSimulation | None:
+    """The scanner-like simulation of ``[data]`` (None for ``simulation = "simple"``); real maps estimated here."""
+    if d.simulation != "scanner":
+        return None
+    real = [real_maps_from_kspace(p) for p in d.coil_kspace or []]
+    coils = CoilModel(
+        coil_range=tuple(d.coil_range or (4, 32)),  # type: ignore[arg-type]
+        real_maps=real,
+        real_fraction=d.real_map_fraction,
+        single_coil_fraction=d.single_coil_fraction,
+    )
+    return ScannerSimulation(
+        masks=parse_mixture(d.mask_mixture or [f"{d.mask_family}:{d.acceleration:g}"]),
+        coils=coils,
+        noise_range=tuple(d.noise_range or (0.005, 0.05)),  # type: ignore[arg-type]
+        uniform_calib=tuple(d.uniform_calib or (16, 48)),  # type: ignore[arg-type]
+        estimate_maps=d.estimate_maps,
+        sources=[Path(p).name for p in d.coil_kspace or []],
+    )
+
+
 def _build(config: TrainConfig, seed: int, val_seed: int) -> Sources:
     d = config.data
     summary: dict[str, Any] = {"kind": d.kind}
     if d.kind == "images":
         slices = load_slices(d.path, d.axis)
         train_idx, val_idx = _split(len(slices), d)
+        sim = scanner_simulation(d)
         common = {
             "axis": 0,
             "crop": d.crop or None,
@@ -119,11 +142,14 @@ def _build(config: TrainConfig, seed: int, val_seed: int) -> Sources:
             augment=d.augment,
             seed=seed,
             random_crop=d.random_crop,
+            scanner=sim,
             **common,
         )
         if d.random_crop:  # validate on whole slices
             common["crop"] = None
-        val = ImageArraySlices(slices, slices=val_idx, per_sample_masks=False, augment=False, seed=val_seed, **common)
+        val = ImageArraySlices(
+            slices, slices=val_idx, per_sample_masks=False, augment=False, seed=val_seed, scanner=sim, **common
+        )
         summary.update(
             source=Path(d.path).name,
             matrix=list(train.shape),
@@ -133,6 +159,15 @@ def _build(config: TrainConfig, seed: int, val_seed: int) -> Sources:
             + (", flips/rotations" if d.augment else "")
             + (f", random {d.crop}x{d.crop} training crops, whole validation slices" if d.random_crop else ""),
         )
+        if sim is not None:
+            summary.update(
+                coils="per example (scanner simulation)",
+                simulation="scanner-like: per-example coil maps, correlated noise, mask mixture"
+                + (", flips/rotations" if d.augment else "")
+                + (f", random {d.crop}x{d.crop} training crops, whole validation slices" if d.random_crop else ""),
+                scanner_simulation=sim.summary(),
+                seed=d.seed,
+            )
     elif d.kind == "raw":
         files = _raw_files(d)
         full = RawFileSlices(

@@ -37,6 +37,21 @@ class FullPrecisionOperator:
             a = alpha.float() if isinstance(alpha, torch.Tensor) else alpha
             return self.op.gradient_step(x.to(self.dtype), y, a)
 
+    def normal(self, x: torch.Tensor) -> torch.Tensor:
+        with self._off():
+            return self.op.normal(x.to(self.dtype))
+
+    def regularised_solve(
+        self, z: torch.Tensor, y: torch.Tensor, lam: torch.Tensor | float, iterations: int = 5
+    ) -> torch.Tensor:
+        with self._off():
+            lam = lam.float() if isinstance(lam, torch.Tensor) else lam
+            return self.op.regularised_solve(z.to(self.dtype), y, lam, iterations)
+
+    def cg_sense(self, y: torch.Tensor, iterations: int = 10, lam: float = 0.0) -> torch.Tensor:
+        with self._off():
+            return self.op.cg_sense(y, iterations, lam)
+
     def replace_sampled(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         with self._off():
             return self.op.replace_sampled(x.to(torch.complex64), y)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Literal, Protocol
 
@@ -11,7 +13,10 @@ from torch import nn
 from ..physics import channels_to_complex, complex_to_channels
 from .proximal import OutputActivation, ResNetProximal
 
-DataConsistency = Literal["gradient", "exact"]
+DataConsistency = Literal["gradient", "exact", "cg"]
+InitialImage = Literal["adjoint", "cg_sense"]
+DATA_CONSISTENCIES = ("gradient", "exact", "cg")
+INITIAL_IMAGES = ("adjoint", "cg_sense")
 
 
 class ForwardModel(Protocol):
@@ -33,12 +38,26 @@ class ModelConfig:
     data_consistency: DataConsistency = "gradient"
     channels: int = 2
     output_activation: OutputActivation = "linear"
+    cg_iterations: int = 5
+    cg_lambda: float = 0.1
+    init: InitialImage = "adjoint"
+    init_iterations: int = 10
 
     def __post_init__(self) -> None:
         if self.copies < 1 or self.blocks < 0 or self.features < 1:
             raise ValueError(f"copies, features must be >= 1 and blocks >= 0, got {self}")
-        if self.data_consistency not in ("gradient", "exact"):
-            raise ValueError(f"data_consistency must be 'gradient' or 'exact', got {self.data_consistency!r}")
+        if self.data_consistency not in DATA_CONSISTENCIES:
+            raise ValueError(
+                f"data_consistency must be one of {', '.join(DATA_CONSISTENCIES)}, got {self.data_consistency!r}"
+            )
+        if self.init not in INITIAL_IMAGES:
+            raise ValueError(f"init must be one of {', '.join(INITIAL_IMAGES)}, got {self.init!r}")
+        if self.cg_iterations < 1 or self.init_iterations < 1:
+            raise ValueError(
+                f"cg_iterations and init_iterations must be >= 1, got {self.cg_iterations}, {self.init_iterations}"
+            )
+        if not (math.isfinite(self.cg_lambda) and self.cg_lambda > 0):
+            raise ValueError(f"cg_lambda (the initial lambda) must be a positive number, got {self.cg_lambda}")
         if self.channels not in (1, 2):
             raise ValueError(f"channels must be 1 (magnitude) or 2 (real, imaginary), got {self.channels}")
 
@@ -52,7 +71,11 @@ class RecurrentProximalNet(nn.Module):
 
     ``shared``: one G for all copies (recurrent); otherwise one G per copy.
     ``data_consistency``: "gradient" is z + alpha_k A^H (y - A z) with a learned
-    step per copy; "exact" replaces the sampled k-space of z by y.
+    step per copy (the paper's); "exact" replaces the sampled k-space of z by y; "cg" is the
+    proximal solve x = argmin ||A x - y||^2 + lambda_k ||x - z||^2 by ``cg_iterations`` CG steps
+    on (A^H A + lambda_k I), with lambda_k > 0 learned per copy (stored as its logarithm), which
+    inverts a multi-coil SENSE operator where one gradient step cannot.
+    ``init``: x_0 = A^H y ("adjoint") or ``init_iterations`` steps of CG-SENSE ("cg_sense").
     """
 
     def __init__(self, config: ModelConfig | None = None, **overrides: object) -> None:
@@ -65,6 +88,14 @@ class RecurrentProximalNet(nn.Module):
             ResNetProximal(c.channels, c.features, c.blocks, c.output_activation) for _ in range(count)
         )
         self.alpha = nn.Parameter(torch.ones(c.copies)) if c.data_consistency == "gradient" else None
+        self.log_lambda = (
+            nn.Parameter(torch.full((c.copies,), math.log(c.cg_lambda))) if c.data_consistency == "cg" else None
+        )
+
+    @property
+    def lambdas(self) -> torch.Tensor | None:
+        """The per-copy lambda of "cg" data consistency (None for the other modes)."""
+        return None if self.log_lambda is None else self.log_lambda.exp()
 
     def proximal(self, k: int) -> ResNetProximal:
         """The G used by copy ``k``."""
@@ -80,12 +111,20 @@ class RecurrentProximalNet(nn.Module):
         self, y: torch.Tensor, op: ForwardModel, x0: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Reconstruct from measurements ``y``; returns (final image, outputs of every copy)."""
-        x = op.adjoint(y) if x0 is None else x0
+        c = self.config
+        if x0 is not None:
+            x = x0
+        elif c.init == "cg_sense":
+            x = self._require(op, "cg_sense")(y, c.init_iterations)
+        else:
+            x = op.adjoint(y)
         outputs: list[torch.Tensor] = []
-        for k in range(self.config.copies):
+        for k in range(c.copies):
             z = self._from_net(self.proximal(k)(self._to_net(x)))
             if self.alpha is not None:
                 x = op.gradient_step(z, y, self.alpha[k])
+            elif self.log_lambda is not None:
+                x = self._require(op, "regularised_solve")(z, y, self.log_lambda[k].exp(), c.cg_iterations)
             else:
                 replace = getattr(op, "replace_sampled", None)
                 if replace is None:
@@ -93,3 +132,12 @@ class RecurrentProximalNet(nn.Module):
                 x = replace(z, y)
             outputs.append(x)
         return x, outputs
+
+    def _require(self, op: object, method: str) -> Callable[..., torch.Tensor]:
+        fn = getattr(op, method, None)
+        if fn is None:
+            raise TypeError(
+                f"{type(op).__name__} has no {method}; it cannot run {self.config.data_consistency!r} / "
+                f"{self.config.init!r} data consistency"
+            )
+        return fn

@@ -16,6 +16,7 @@ from recon_plugin.simulate import simulated_coil_maps, with_smooth_phase
 from training.data import Batch
 
 from .base import EmptyDatasetError, ImageTooSmallError, UnreadableImageError, augment, normalised_batch
+from .scanner_sim import ScannerSimulation, correlated_noise, draw_mask
 
 #: Slices per SIAT block (one scan each).
 SIAT_BLOCK = 10
@@ -94,6 +95,12 @@ class ImageArraySlices:
     ImageTooSmallError unless ``pad`` (zero padding). ``coils`` > 1 uses simulated coil maps;
     ``noise`` adds complex Gaussian k-space noise of std ``noise`` x RMS(|image|). ``augment``
     flips and (square) rotates. Masks are drawn per example or fixed. x is the noise-free image.
+
+    ``scanner`` (a :class:`ScannerSimulation`) replaces ``coils``/``noise``/``mask_family`` by the
+    scanner-like draws: per batch a coil count and map family, per example maps, correlated noise
+    and a mask from the mixture; the model's maps are then estimated from each example's own
+    ACS and x is the noise-free coil data combined with those maps. ``last_draws`` records the
+    draws of the latest batch.
     """
 
     def __init__(
@@ -114,6 +121,7 @@ class ImageArraySlices:
         augment: bool = True,
         percentile: float = 99.0,
         seed: int = 0,
+        scanner: ScannerSimulation | None = None,
     ) -> None:
         self.data = load_slices(source, axis)
         self.indices = np.arange(len(self.data)) if slices is None else np.asarray(slices, dtype=np.int64)
@@ -137,7 +145,9 @@ class ImageArraySlices:
         self.per_sample_masks = per_sample_masks
         self.maps = None if coils == 1 else torch.from_numpy(simulated_coil_maps(self.shape, coils))
         self.rng = np.random.default_rng(seed)
-        self.fixed_mask = self._make_mask(seed)
+        self.scanner = scanner
+        self.last_draws: list[dict] = []
+        self.fixed_mask = self._make_mask(seed) if scanner is None else None
 
     def __len__(self) -> int:
         return int(self.indices.size)
@@ -167,10 +177,14 @@ class ImageArraySlices:
         return augment(img, self.rng) if self.augment else np.ascontiguousarray(img)
 
     def _mask(self) -> np.ndarray:
-        return self._make_mask(int(self.rng.integers(2**31))) if self.per_sample_masks else self.fixed_mask
+        if self.per_sample_masks or self.fixed_mask is None:
+            return self._make_mask(int(self.rng.integers(2**31)))
+        return self.fixed_mask
 
     def batch(self, positions: Sequence[int] | np.ndarray) -> Batch:
         """A normalised batch of the selected slices at ``positions`` (0..len-1)."""
+        if self.scanner is not None:
+            return self._scanner_batch(positions)
         x = torch.from_numpy(np.stack([self._image(int(p)) for p in positions]))
         masks = torch.from_numpy(np.stack([self._mask() for _ in positions]))
         maps = None if self.maps is None else self.maps.expand(len(x), -1, -1, -1)
@@ -187,3 +201,36 @@ class ImageArraySlices:
     def sample(self, batch_size: int) -> Batch:
         """A random batch."""
         return self.batch(self.rng.integers(0, len(self), batch_size))
+
+    def _scanner_batch(self, positions: Sequence[int] | np.ndarray) -> Batch:
+        sim, rng = self.scanner, self.rng
+        assert sim is not None
+        kind, coils, index = sim.coils.draw_kind(rng)
+        ys, xs, masks, maps_used, draws = [], [], [], [], []
+        for p in positions:
+            img = self._image(int(p))
+            maps = sim.coils.draw_maps(kind, coils, index, self.shape, rng)
+            mask, info = draw_mask(sim.masks, self.shape, rng, sim.uniform_calib)
+            coil_img = img[None] if maps is None else maps * img[None]
+            full = fft2c(coil_img)
+            level = sim.draw_noise_level(rng)
+            rms = float(np.sqrt(np.mean(np.abs(img) ** 2)))
+            if level > 0:
+                noise, _ = correlated_noise(full.shape, level * rms, rng)
+                full = full + noise
+            y = (full * mask).astype(np.complex64)
+            if maps is not None and sim.estimate_maps:
+                used = sim.estimate(y, mask)
+                ref = (np.conj(used) * coil_img).sum(0)
+            else:
+                used, ref = maps, img
+            ys.append(y)
+            xs.append(ref.astype(np.complex64))
+            masks.append(mask)
+            maps_used.append(used)
+            draws.append({**info, "coils": coils, "maps": kind, "noise": level})
+        self.last_draws = draws
+        mask_t = torch.from_numpy(np.stack(masks))
+        maps_t = None if maps_used[0] is None else torch.from_numpy(np.stack(maps_used))
+        op = SenseOperator(mask_t, maps_t)
+        return normalised_batch(torch.from_numpy(np.stack(ys)), op, torch.from_numpy(np.stack(xs)), self.percentile)

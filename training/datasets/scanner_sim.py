@@ -1,0 +1,295 @@
+"""Scanner-like simulation for image training data: coil maps, correlated noise, mask mixtures.
+
+What a scanner sends differs from a clean single-coil simulation in three ways, each drawn per
+example here from a seeded ``numpy`` Generator:
+
+* **Coil sensitivities** from a realistic family: real ESPIRiT maps estimated once from measured
+  multi-coil k-space (resampled to the slice, randomly flipped, rotated, shifted and stretched),
+  or analytic birdcage maps (sigpy) with a random coil count, ring radius and position; sum |S|^2 = 1.
+* **Correlated complex noise**: a random noise covariance (random correlation between coils and
+  random per-coil gains) at a random level relative to the image's RMS.
+* **Undersampling** from a mixture of mask families and accelerations (radial view-ordered VD,
+  VD Poisson disc, VD 1D lines, uniform lines with ACS).
+
+The network then sees the maps the scanner path would use: estimated by ESPIRiT from the
+undersampled example's own calibration region (``estimate_maps``), not the true ones, and its
+reference is the fully sampled noise-free coil data combined with those same maps.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from recon_plugin.coils import espirit_maps
+from recon_plugin.errors import InvalidInputError, MaskSpecError
+from recon_plugin.masks import FAMILIES, fully_sampled_centre, make_mask
+from recon_plugin.simulate import birdcage_coil_maps
+
+from .base import DatasetError, UnreadableImageError
+
+#: Calibration width ESPIRiT uses, as the scanner path (``Problem.calib_width``).
+CALIB_WIDTH = 24
+_SPEC = re.compile(r"^\s*([a-z]+)\s*:\s*([0-9.]+)\s*(?:-\s*([0-9.]+))?\s*$")
+
+
+@dataclass(frozen=True)
+class MaskSpec:
+    """One component of a mask mixture: a family and an acceleration range (inclusive)."""
+
+    family: str
+    low: float
+    high: float
+
+    @classmethod
+    def parse(cls, text: str) -> MaskSpec:
+        """``"radial:5"`` or ``"uniform:2-4"``; MaskSpecError when malformed or impossible."""
+        match = _SPEC.match(str(text).lower())
+        if match is None:
+            raise MaskSpecError(
+                f"mask mixture entry {text!r}: expected FAMILY:R or FAMILY:RLOW-RHIGH, e.g. 'radial:4-8'"
+            )
+        family, low = match.group(1), float(match.group(2))
+        high = float(match.group(3)) if match.group(3) else low
+        if family not in FAMILIES:
+            raise MaskSpecError(f"mask mixture entry {text!r}: unknown family {family!r}; use one of {FAMILIES}")
+        if not (1 <= low <= high) or not math.isfinite(high):
+            raise MaskSpecError(f"mask mixture entry {text!r}: need 1 <= RLOW <= RHIGH")
+        return cls(family, low, high)
+
+    def __str__(self) -> str:
+        return f"{self.family}:{self.low:g}" + (f"-{self.high:g}" if self.high != self.low else "")
+
+
+def parse_mixture(entries: Sequence[str]) -> list[MaskSpec]:
+    """A mask mixture from its text entries (at least one)."""
+    if not entries:
+        raise MaskSpecError("the mask mixture is empty; give at least one FAMILY:R entry")
+    return [MaskSpec.parse(e) for e in entries]
+
+
+def draw_mask(
+    specs: Sequence[MaskSpec],
+    shape: tuple[int, int],
+    rng: np.random.Generator,
+    uniform_calib: tuple[int, int] = (16, 48),
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """A mask drawn from the mixture: family uniformly, acceleration uniformly in its range.
+
+    Uniform (GRAPPA-style) masks get an integer R and ``uniform_calib`` ACS lines (scaled to the
+    matrix when it is smaller than 256 lines, at least 8); the other families use their default
+    fully sampled centre, but never less than 8 so coil maps can be calibrated.
+    """
+    spec = specs[int(rng.integers(len(specs)))]
+    seed = int(rng.integers(2**31))
+    if spec.family == "uniform":
+        acc = float(rng.integers(math.ceil(spec.low), math.floor(spec.high) + 1))
+        lo, hi = uniform_calib
+        calib = int(rng.integers(lo, hi + 1))
+        calib = max(8, round(calib * min(1.0, shape[0] / 256)))
+        mask = make_mask("uniform", shape, acc, seed=seed, calib=calib).mask
+    else:
+        acc = float(rng.uniform(spec.low, spec.high))
+        calib = max(8, round(0.1 * min(shape)))
+        kw = {"calib": calib} if spec.family == "lines" else {"calib": (calib, calib)}
+        mask = make_mask(spec.family, shape, acc, seed=seed, **kw).mask
+    return np.asarray(mask), {"family": spec.family, "acceleration": acc, "calib": calib}
+
+
+# ----------------------------------------------------------------------------- coil maps
+
+
+def normalise_maps(maps: np.ndarray) -> np.ndarray:
+    """Scale maps so that sum_c |S_c|^2 = 1 at every pixel."""
+    return (maps / (np.sqrt((np.abs(maps) ** 2).sum(0, keepdims=True)) + 1e-12)).astype(np.complex64)
+
+
+def real_maps_from_kspace(path: str | Path, calib_width: int = CALIB_WIDTH) -> np.ndarray:
+    """ESPIRiT maps [coils, ny, nx] of a measured multi-coil k-space .npy (fully sampled or with a calibrated centre).
+
+    Readout-oversampled data (one axis twice the other) are fine: the maps are resampled anyway.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UnreadableImageError(f"coil k-space file {path} does not exist")
+    try:
+        k = np.load(path, allow_pickle=False)
+    except Exception as exc:  # numpy raises many types for corrupt files
+        raise UnreadableImageError(f"{path} cannot be read as a .npy array ({type(exc).__name__})") from exc
+    if k.ndim != 3 or not np.iscomplexobj(k) or k.shape[0] < 2:
+        raise DatasetError(f"{path}: coil k-space must be complex [coils >= 2, ny, nx], got {k.dtype} {k.shape}")
+    width = min(calib_width, fully_sampled_centre(np.abs(k).sum(0) > 0))
+    if width < 8:
+        raise DatasetError(f"{path}: only a {width}x{width} fully sampled centre; coil maps need at least 8x8")
+    return espirit_maps(k.astype(np.complex64), width)
+
+
+def _augment_real(maps: np.ndarray, shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """Resample real maps to ``shape`` with a random stretch, flip, rotation and shift; renormalised."""
+    c, ny, nx = maps.shape
+    stretch = rng.uniform(0.85, 1.2, size=2)
+    zoom = (shape[0] / ny * stretch[0], shape[1] / nx * stretch[1])
+    angle = float(rng.uniform(-180, 180))
+    shift = rng.uniform(-0.15, 0.15, size=2) * np.array(shape)
+    flip_y, flip_x = rng.random(2) < 0.5
+    out = np.empty((c, *shape), dtype=np.complex64)
+    for i in range(c):
+        planes = []
+        for part in (maps[i].real, maps[i].imag):
+            p = ndimage.zoom(part, zoom, order=1, mode="nearest")
+            p = ndimage.rotate(p, angle, reshape=False, order=1, mode="nearest")
+            planes.append(_fit(p, shape, shift))
+        out[i] = planes[0] + 1j * planes[1]
+    if flip_y:
+        out = out[:, ::-1]
+    if flip_x:
+        out = out[:, :, ::-1]
+    return normalise_maps(np.ascontiguousarray(out))
+
+
+def _fit(plane: np.ndarray, shape: tuple[int, int], shift: np.ndarray) -> np.ndarray:
+    """Crop or edge-pad ``plane`` to ``shape`` around its centre moved by ``shift`` pixels."""
+    out = plane
+    for ax, n in enumerate(shape):
+        size = out.shape[ax]
+        if size < n:
+            before = (n - size) // 2
+            widths = [(0, 0), (0, 0)]
+            widths[ax] = (before, n - size - before)
+            out = np.pad(out, widths, mode="edge")
+            size = n
+        start = int(np.clip((size - n) // 2 + round(float(shift[ax])), 0, size - n))
+        out = out[start : start + n] if ax == 0 else out[:, start : start + n]
+    return out
+
+
+@dataclass
+class CoilModel:
+    """The family coil maps are drawn from.
+
+    ``real_maps``: ESPIRiT maps of measured arrays (augmented per draw), used with probability
+    ``real_fraction``; otherwise birdcage maps with a coil count in ``coil_range`` (inclusive).
+    ``single_coil_fraction`` of draws are single coil (no maps).
+    """
+
+    coil_range: tuple[int, int] = (4, 32)
+    real_maps: list[np.ndarray] = field(default_factory=list)
+    real_fraction: float = 0.5
+    single_coil_fraction: float = 0.0
+
+    def __post_init__(self) -> None:
+        lo, hi = self.coil_range
+        if not 2 <= lo <= hi:
+            raise InvalidInputError(f"coil_range must be [low, high] with 2 <= low <= high, got {self.coil_range}")
+        for name in ("real_fraction", "single_coil_fraction"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise InvalidInputError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+
+    def draw_kind(self, rng: np.random.Generator) -> tuple[str, int, int]:
+        """(kind, coil count, real-map index) for one batch: all examples of a batch share a coil count."""
+        if rng.random() < self.single_coil_fraction:
+            return "single", 1, -1
+        if self.real_maps and rng.random() < self.real_fraction:
+            index = int(rng.integers(len(self.real_maps)))
+            return "real", int(self.real_maps[index].shape[0]), index
+        return "birdcage", int(rng.integers(self.coil_range[0], self.coil_range[1] + 1)), -1
+
+    def draw_maps(self, kind: str, coils: int, index: int, shape: tuple[int, int], rng: np.random.Generator):
+        """Maps [coils, ny, nx] of one example for a kind drawn by :meth:`draw_kind` (None for single coil)."""
+        if kind == "single":
+            return None
+        if kind == "real":
+            return _augment_real(self.real_maps[index], shape, rng)
+        ring = max(2, coils // int(rng.choice([1, 2]))) if coils >= 8 else coils
+        maps = birdcage_coil_maps(shape, coils, radius=float(rng.uniform(1.2, 2.2)), coils_per_ring=ring)
+        shift = rng.uniform(-0.1, 0.1, size=2) * np.array(shape)
+        k = int(rng.integers(4))
+        maps = np.rot90(maps, k, axes=(1, 2)) if shape[0] == shape[1] else maps
+        out = np.stack([_shift_complex(m, shift) for m in maps])
+        return normalise_maps(out)
+
+
+def _shift_complex(m: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    re_ = ndimage.shift(m.real, shift, order=1, mode="nearest")
+    im_ = ndimage.shift(m.imag, shift, order=1, mode="nearest")
+    return (re_ + 1j * im_).astype(np.complex64)
+
+
+def correlated_noise(
+    shape: tuple[int, ...], level: float, rng: np.random.Generator, correlation: float = 0.3
+) -> tuple[np.ndarray, np.ndarray]:
+    """Complex noise [coils, ny, nx] with a random covariance Psi (returned), mean per-coil std ``level``.
+
+    Psi = D C D: C a random correlation matrix whose off-diagonal magnitudes are about
+    ``correlation``, D random per-coil gains in [0.7, 1.3]; noise = chol(Psi) w, w white.
+    """
+    coils = shape[0]
+    a = rng.standard_normal((coils, coils)) + 1j * rng.standard_normal((coils, coils))
+    c = np.eye(coils) + correlation * (a @ a.conj().T) / (2 * coils)
+    d = np.sqrt(np.real(np.diag(c)))
+    c = c / np.outer(d, d)
+    gains = rng.uniform(0.7, 1.3, coils)
+    psi = c * np.outer(gains, gains)
+    psi = psi / np.real(np.trace(psi)) * coils * level**2
+    chol = np.linalg.cholesky(psi)
+    white = (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)) / np.sqrt(2.0)
+    noise = np.tensordot(chol, white, axes=(1, 0))
+    return noise.astype(np.complex64), psi
+
+
+@dataclass
+class ScannerSimulation:
+    """Everything drawn per example for scanner-like training data (see the module docstring)."""
+
+    masks: list[MaskSpec]
+    coils: CoilModel = field(default_factory=CoilModel)
+    noise_range: tuple[float, float] = (0.005, 0.05)
+    uniform_calib: tuple[int, int] = (16, 48)
+    estimate_maps: bool = True
+    calib_width: int = CALIB_WIDTH
+    sources: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        lo, hi = self.noise_range
+        if not 0 <= lo <= hi:
+            raise InvalidInputError(f"noise_range must be [low, high] with 0 <= low <= high, got {self.noise_range}")
+        lo, hi = self.uniform_calib
+        if not 0 <= lo <= hi:
+            raise InvalidInputError(
+                f"uniform_calib must be [low, high] with 0 <= low <= high, got {self.uniform_calib}"
+            )
+
+    def draw_noise_level(self, rng: np.random.Generator) -> float:
+        """Noise std relative to the image RMS, log-uniform in ``noise_range`` (uniform when it starts at 0)."""
+        lo, hi = self.noise_range
+        if hi == 0:
+            return 0.0
+        if lo == 0:
+            return float(rng.uniform(0, hi))
+        return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+
+    def estimate(self, y: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """ESPIRiT maps from the example's own undersampled calibration region, as the scanner path does."""
+        width = min(self.calib_width, fully_sampled_centre(mask))
+        return espirit_maps(y, width)
+
+    def summary(self) -> dict[str, Any]:
+        """What the simulation draws from, for the bundle's sidecar."""
+        return {
+            "masks": [str(m) for m in self.masks],
+            "uniform_calib_lines": list(self.uniform_calib),
+            "coil_range": list(self.coils.coil_range),
+            "real_map_sources": self.sources,
+            "real_map_fraction": self.coils.real_fraction if self.coils.real_maps else 0.0,
+            "single_coil_fraction": self.coils.single_coil_fraction,
+            "noise_range": list(self.noise_range),
+            "noise": "correlated complex Gaussian, random covariance per example, std relative to image RMS",
+            "maps_used_by_model": "ESPIRiT from each example's own ACS" if self.estimate_maps else "true maps",
+        }
