@@ -73,6 +73,10 @@ def check_finite(name: str, x: np.ndarray | torch.Tensor) -> None:
         )
 
 
+#: Relative residual below which conjugate gradients stop updating an element (float32 round-off level).
+CG_RELATIVE_TOLERANCE = 1e-5
+
+
 def _batch_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Re <a, b> per batch element, shaped [batch, 1, ..., 1] to broadcast against ``a``."""
     dims = tuple(range(1, a.ndim))
@@ -90,7 +94,9 @@ def conjugate_gradient(
 
     ``normal`` must be Hermitian positive (semi-)definite (e.g. A^H A + lambda I). The number of
     steps is fixed (no early exit), so the result is differentiable end to end and a slice's
-    solution does not depend on the other slices of its batch. A converged element stays put.
+    solution does not depend on the other slices of its batch. An element whose residual falls
+    below ``CG_RELATIVE_TOLERANCE`` of its right-hand side stays put, so round-off in the null
+    space of a semi-definite system (single-coil CG-SENSE) cannot blow up.
     """
     if iterations < 0:
         raise InvalidInputError(f"conjugate-gradient iterations must be >= 0, got {iterations}")
@@ -98,14 +104,18 @@ def conjugate_gradient(
     r = rhs - normal(x) if x0 is not None else rhs
     p = r
     rs = _batch_dot(r, r)
-    tiny = torch.finfo(rs.dtype).tiny
+    floor = CG_RELATIVE_TOLERANCE**2 * torch.maximum(rs, _batch_dot(rhs, rhs))
     for _ in range(iterations):
         ap = normal(p)
-        alpha = rs / _batch_dot(p, ap).clamp_min(tiny)
+        pap = _batch_dot(p, ap)
+        # a converged element (or a direction in the null space of a semi-definite system) stops moving
+        active = (rs > floor) & (pap > CG_RELATIVE_TOLERANCE**2 * _batch_dot(p, p))
+        alpha = torch.where(active, rs / torch.where(active, pap, torch.ones_like(pap)), torch.zeros_like(pap))
         x = x + alpha * p
         r = r - alpha * ap
         rs_new = _batch_dot(r, r)
-        p = r + (rs_new / rs.clamp_min(tiny)) * p
+        beta = torch.where(active, rs_new / torch.where(active, rs, torch.ones_like(rs)), torch.zeros_like(rs))
+        p = r + beta * p
         rs = rs_new
     return x
 
