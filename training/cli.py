@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from recon_plugin.errors import ReconError
 from recon_plugin.model import ModelConfig
 
 from .fit_cli import fit
@@ -71,42 +72,86 @@ def demo_bundle(
 
 @app.command("eval")
 def evaluate(
-    bundle: Annotated[Path, typer.Option(help="model bundle folder")],
-    data: Annotated[Path, typer.Option(help=".npy of complex images [n, ny, nx], or a folder with multicoil_kspace/")],
-    slices: Annotated[
-        str, typer.Option(help="slice range START:STOP of the .npy (e.g. the validation blocks)")
-    ] = "140:160",
-    acceleration: Annotated[float, typer.Option(help="acceleration of the radial view-ordered masks")] = 5.0,
+    data: Annotated[
+        Path,
+        typer.Option(
+            help="images [n, ny, nx] .npy (rank 3), multi-coil k-space [n, coils, ny, nx] .npy (rank 4), a folder of "
+            "*_kspace.npy [coils, ny, nx] (or one holding multicoil_kspace/), or a folder of fully sampled ISMRMRD .h5"
+        ),
+    ],
+    bundle: Annotated[Path | None, typer.Option(help="model bundle (default: the one the gadgets load here)")] = None,
+    mask_family: Annotated[str, typer.Option(help="radial | poisson | lines | uniform")] = "radial",
+    acceleration: Annotated[float, typer.Option(help="requested acceleration R")] = 5.0,
+    calib: Annotated[
+        int | None, typer.Option(help="fully sampled centre (default: the family's; 24 lines for uniform)")
+    ] = None,
+    coils: Annotated[int | None, typer.Option(help="coils simulated for image data (birdcage maps; default 1)")] = None,
+    slices: Annotated[str | None, typer.Option(help="START:STOP of the slices (default all)")] = None,
+    names: Annotated[str | None, typer.Option(help="comma-separated *_kspace.npy stems of a k-space folder")] = None,
+    seed: Annotated[int, typer.Option(help="mask seed of the first selected slice (then +1 per slice)")] = 200,
     iterations: Annotated[int, typer.Option(help="BART iterations")] = 300,
-    out: Annotated[Path | None, typer.Option(help="write the table (Markdown) and the rows (JSON)")] = None,
+    workers: Annotated[int, typer.Option(help="parallel BART processes (1 gives clean timings)")] = 1,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    methods: Annotated[
+        str | None, typer.Option(help="comma-separated subset of zero_filled,cs_wavelet,cs_tv,rgancs (default all)")
+    ] = None,
+    json_file: Annotated[Path | None, typer.Option("--json", help="write rows, means and settings (JSON)")] = None,
+    out: Annotated[Path | None, typer.Option(help="write the table (Markdown)")] = None,
 ) -> None:
-    """SNR, SSIM and seconds per slice for zero-filled, CS-WV, CS-TV and the bundle on the same slices and masks."""
+    """SNR, SSIM and seconds per slice of zero-filled, CS-WV, CS-TV and a bundle on the same masks and coil maps."""
     import json
+    import sys
 
-    import numpy as np
+    from rich.table import Table
 
-    from recon_plugin.evaluation import compare, image_cases, markdown_table, multicoil_cases
-    from recon_plugin.reconstructors import RGANCS, BartCS, ZeroFilled
+    from recon_plugin.evaluation import markdown_table
 
-    if data.is_dir():
-        cases = multicoil_cases(data, acceleration=acceleration)
-    else:
-        start, stop = (int(v) for v in slices.split(":"))
-        cases = image_cases(np.load(data, mmap_mode="r"), range(start, stop), acceleration)
-    methods = [
-        ZeroFilled(),
-        BartCS("wavelet", iterations=iterations),
-        BartCS("tv", iterations=iterations),
-        RGANCS(bundle, device=device),
-    ]
-    rows = compare(cases, methods)
-    table = markdown_table(rows)
-    console.print(table)
+    from .evaluate import run_eval
+
+    report = run_eval(
+        data,
+        bundle=bundle,
+        family=mask_family,
+        acceleration=acceleration,
+        calib=calib,
+        coils=coils,
+        slices=slices,
+        names=None if names is None else [n.strip() for n in names.split(",") if n.strip()],
+        seed=seed,
+        iterations=iterations,
+        device=device,
+        methods=methods,
+        workers=workers,
+    )
+    s = report.settings
+    title = (
+        f"{s['kind']} {Path(s['data']).name}: {len(s['slices'])} slices, {s['family']} {s['acceleration']:g}x "
+        f"(achieved {s['acceleration_achieved']:.2f}x), calib {s['calib'] if s['calib'] is not None else 'default'}, "
+        f"coils {','.join(map(str, s['coils']))}{' simulated' if s['coils_simulated'] else ''}, seed {s['seed']}"
+    )
+    if s["bundle"]:
+        title += f", bundle {Path(s['bundle']).name} ({s['bundle_sha256'][:12]})"
+    wide = Console(width=None if sys.stdout.isatty() else 160)
+    wide.print(title)
+    table = Table()
+    for col in ("method", "slice", "SNR dB", "SSIM", "s/slice"):
+        table.add_column(col, justify="left" if col in ("method", "slice") else "right")
+    for r in report.rows:
+        table.add_row(r["method"], r["slice"], f"{r['snr_db']:.2f}", f"{r['ssim']:.3f}", f"{r['seconds']:.2f}")
+    for m in report.means:
+        table.add_row(
+            m["method"], f"mean of {m['slices']}", f"{m['snr_db']:.2f}", f"{m['ssim']:.3f}", f"{m['seconds']:.2f}",
+            style="bold",
+        )  # fmt: skip
+    wide.print(table)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(table + "\n")
-        out.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
+        out.write_text(f"{title}\n\n{markdown_table(report.rows)}\n")
+        console.print(f"wrote {out}")
+    if json_file is not None:
+        json_file.parent.mkdir(parents=True, exist_ok=True)
+        json_file.write_text(json.dumps(report.as_json(), indent=2) + "\n")
+        console.print(f"wrote {json_file}")
 
 
 @app.command("copies")
@@ -130,7 +175,11 @@ def copies(
     console.print(f"wrote {write_copies_view(load_bundle(bundle), case.problem, out)}")
 
 
-def main() -> None:
-    """Console entry point."""
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: a named error (``ReconError``) ends with one line on stderr and exit code 2."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    app()
+    try:
+        app(args=argv, prog_name="recon-train")
+    except ReconError as exc:
+        typer.echo(f"{type(exc).__name__}: {' '.join(str(exc).split())}", err=True)
+        raise SystemExit(2) from None
