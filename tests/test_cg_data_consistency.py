@@ -38,7 +38,7 @@ def test_cg_solves_a_known_hermitian_system(rng):
 
 
 def test_cg_batch_elements_are_independent(rng):
-    op, x, y = sense_problem(rng, coils=4, batch=3)
+    op, _, y = sense_problem(rng, coils=4, batch=3)
     joint = op.cg_sense(y, iterations=6)
     for i in range(3):
         single = SenseOperator(op.mask[i : i + 1], op.maps[i : i + 1]).cg_sense(y[i : i + 1], iterations=6)

@@ -95,12 +95,14 @@ def test_eval_command_compares_four_methods(tmp_path):
             "20",
             "--out",
             str(out),
+            "--json",
+            str(tmp_path / "rows.json"),
             "--device",
             "cpu",
         ],
     )
     assert res.exit_code == 0, res.output
-    rows = json.loads(out.with_suffix(".json").read_text())
+    rows = json.loads((tmp_path / "rows.json").read_text())["rows"]
     assert {r["method"] for r in rows} == {"zero_filled", "cs_wavelet", "cs_tv", "rgancs"}
     assert len(rows) == 12 and "mean of 3" in out.read_text()
     zf = {r["slice"]: r["snr_db"] for r in rows if r["method"] == "zero_filled"}
