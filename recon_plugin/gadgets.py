@@ -2,7 +2,8 @@
 
 Gadgetron starts ``python -m gadgetron <port> recon_plugin.gadgets <target>``;
 the target reads its settings from the protocol's <property> elements,
-collects the acquisitions, and sends ISMRMRD images. Thin adapters over
+collects the acquisitions, and sends ISMRMRD images batch by batch as they are
+reconstructed. Thin adapters over
 recon_plugin.pipeline. Any failure is reported to Gadgetron as an ERROR
 message (id 8) before the connection closes, never as a silent empty result.
 """
@@ -17,7 +18,7 @@ from typing import Any
 import ismrmrd
 
 from .errors import ReconError
-from .pipeline import GadgetSettings, assemble, build_reconstructor, reconstruct_exam, stamp_timings
+from .pipeline import GadgetSettings, apply_threads, assemble, build_reconstructor, stamp_timings, stream_exam
 from .timings import StageTimer
 
 log = logging.getLogger(__name__)
@@ -61,24 +62,33 @@ class Inbox:
 
 
 def run(connection: Any, method: str) -> None:
-    """Reconstruct one exam with ``method``; report failures as ERROR messages.
+    """Reconstruct one exam with ``method``, streaming the images; report failures as ERROR messages.
 
-    Every stage is timed (:mod:`recon_plugin.timings`): the images carry the stages known before
-    sending as ``Stage...Seconds`` meta, and the whole exam, sending included, is logged (INFO).
+    torch's threads are set first (property ``threads``, :func:`~recon_plugin.pipeline.apply_threads`).
+    Each batch of slices (RGANCS: its batch size, 1 on a CPU) is sent as soon as it is reconstructed and
+    encoded (:func:`~recon_plugin.pipeline.stream_exam`), so the first images leave long before a long
+    exam ends. Every stage is timed (:mod:`recon_plugin.timings`): each image carries, as
+    ``Stage...Seconds`` meta, the stages known just before its batch was sent (reconstruction, metrics
+    and encode summed up to its batch; ``send`` never), and the whole exam, sending included, is logged
+    (INFO). A failure after some batches were sent still ends with an ERROR message.
     """
     inbox = Inbox(connection)
     timer = StageTimer(method)
     try:
         with timer.stage("setup"):
             settings = GadgetSettings.from_properties(method, properties(connection.config))
+            threads = apply_threads(settings.threads)
             reconstructor = build_reconstructor(settings)
+        log.debug("%s: %d torch threads", method, threads)
         problems = assemble(connection.header, inbox, settings, timer)
-        images = reconstruct_exam(problems, reconstructor, settings, timer)
-        stamp_timings(images, timer)
-        with timer.stage("send"):
-            for image in images:
-                connection.send(image)
-        log.info("%d images; %s", len(images), timer.summary())
+        sent = 0
+        for batch in stream_exam(problems, reconstructor, settings, timer):
+            stamp_timings(batch, timer)
+            with timer.stage("send"):
+                for image in batch:
+                    connection.send(image)
+            sent += len(batch)
+        log.info("%d images; %s", sent, timer.summary())
         return
     except ReconError as exc:
         log.error("%s failed: %s", method, exc)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,7 +26,7 @@ from .problem import Problem
 from .reconstructors import RGANCS, Reconstructor, Result, ZeroFilled
 from .reconstructors.bart_cs import BartCS
 from .sample_data import DEMO_BUNDLE, FULL_BUNDLE
-from .timings import RECON_STAGE, StageTimer
+from .timings import RECON_STAGE, StageTimer, meta_name
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +52,12 @@ class GadgetSettings:
     iterations: int = 300
     time_limit: float = 120.0
     workers: int = 2
+    threads: int = 0  # torch threads of this gadget; 0: default_threads()
 
     @classmethod
     def from_properties(cls, method: str, props: dict[str, str]) -> GadgetSettings:
-        """Parse properties (weights, device, batch_size, fast_path, mask, retro_acceleration, seed, calib, calib_width,
-        series_index, complex, reference; for BART CS: lambda, iterations, time_limit, workers);
+        """Parse properties (weights, device, batch_size, fast_path, threads, mask, retro_acceleration, seed, calib,
+        calib_width, series_index, complex, reference; for BART CS: lambda, iterations, time_limit, workers);
         a bad value is a ProtocolError naming the property."""
         if method not in METHODS:
             raise ProtocolError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
@@ -77,6 +78,7 @@ class GadgetSettings:
             "iterations",
             "time_limit",
             "workers",
+            "threads",
         }
         unknown = sorted(set(props) - known)
         if unknown:
@@ -97,6 +99,7 @@ class GadgetSettings:
             iterations=_number(props, "iterations", 300, int),
             time_limit=_number(props, "time_limit", 120.0, float),
             workers=_number(props, "workers", 2, int),
+            threads=_threads(props),
         )
 
 
@@ -108,6 +111,13 @@ def _number(props: dict[str, str], name: str, default: Any, kind: type) -> Any:
         return kind(text)
     except ValueError:
         raise ProtocolError(f"property {name}={text!r} is not a valid {kind.__name__}") from None
+
+
+def _threads(props: dict[str, str]) -> int:
+    threads = _number(props, "threads", 0, int)
+    if threads < 0:
+        raise ProtocolError(f"property threads={props['threads']!r} must be an integer >= 1, or 0 for the default")
+    return threads
 
 
 def _flag(props: dict[str, str], name: str) -> bool:
@@ -142,6 +152,51 @@ def default_weights(device: str = "auto") -> Path:
     on a CUDA GPU, the small CPU demo bundle otherwise (the full model takes about a second per slice on a CPU)."""
     on_gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     return FULL_BUNDLE if on_gpu and (FULL_BUNDLE / "bundle.json").is_file() else DEMO_BUNDLE
+
+
+#: torch's intra-op threads when this module was imported: OMP_NUM_THREADS, else torch's own default (the cores).
+_PROCESS_THREADS = torch.get_num_threads()
+#: The most gadgets a shipped protocol runs side by side (``side_by_side.xml``); the default thread share.
+PARALLEL_GADGETS = 4
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity, e.g. ``taskset``), else ``os.cpu_count()``."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # no affinity API on this platform
+        return os.cpu_count() or 1
+
+
+def default_threads() -> int:
+    """The torch threads of a gadget without a ``threads`` property: ``available_cores() // PARALLEL_GADGETS``,
+    at least 1 and at most the process default (``OMP_NUM_THREADS``).
+
+    A gadget cannot see how many gadgets its protocol runs in parallel, so the default is the share of the
+    largest shipped protocol: four gadgets never oversubscribe the cores. Oversubscription is the expensive
+    side: with one of two cores busy elsewhere, the CPU network took 2.1x as long with 2 threads as with 1
+    (145 vs 68 ms per 80x40 plane); a single-gadget protocol may set ``threads`` higher.
+    """
+    return max(1, min(_PROCESS_THREADS, available_cores() // PARALLEL_GADGETS))
+
+
+def apply_threads(threads: int = 0) -> int:
+    """Set torch's threads for this gadget before its model runs; returns the intra-op count now in force.
+
+    ``threads`` >= 1 caps ``torch.set_num_threads``; 0 takes :func:`default_threads`. The inter-op pool
+    follows while torch still allows it (once per process, before any inter-op work), otherwise it stays.
+    In the MRD server the gadgets are threads of one process: the intra-op setting holds for the calling
+    thread's OpenMP team (and threads started afterwards), the inter-op pool is shared.
+    """
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
+        raise ProtocolError(f"threads must be an integer >= 1, or 0 for the default; got {threads!r}")
+    count = threads or default_threads()
+    torch.set_num_threads(count)
+    try:
+        torch.set_num_interop_threads(count)
+    except RuntimeError:  # too late in this process: leave the inter-op pool as it is
+        log.debug("inter-op threads stay at %d", torch.get_num_interop_threads())
+    return torch.get_num_threads()
 
 
 def build_reconstructor(settings: GadgetSettings) -> Reconstructor:
@@ -213,6 +268,48 @@ def prepare_maps(assembled: Sequence[Assembled], timer: StageTimer | None = None
                 item.attach_reference()
 
 
+def stream_batch_size(reconstructor: Reconstructor) -> int:
+    """Slices reconstructed (and then sent) together: RGANCS's ``batch_size`` (1 on a CPU, 16 on a GPU by
+    default), BART CS's ``workers`` (its slices run in parallel), otherwise 1."""
+    for name in ("batch_size", "workers"):
+        value = getattr(reconstructor, name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+            return value
+    return 1
+
+
+def stream_exam(
+    assembled: Sequence[Assembled],
+    reconstructor: Reconstructor,
+    settings: GadgetSettings,
+    timer: StageTimer | None = None,
+    batch_size: int | None = None,
+) -> Iterator[list[ismrmrd.Image]]:
+    """Reconstruct the exam batch by batch and yield each batch's encoded images as soon as they are ready.
+
+    Batches are consecutive problems in exam order, ``batch_size`` (default :func:`stream_batch_size`) at a
+    time, so a caller can send one batch before the next is reconstructed. Images, their order, numbering
+    (``image_index`` = problem index + 1, ``settings.series_index``) and meta are those of
+    :func:`reconstruct_exam`. With ``settings.send_reference`` the fully sampled reference image follows
+    each image, as series ``SERIES_INDEX["reference"]``. ``timer`` accumulates the reconstruction stage
+    (``RECON_STAGE[method]``), ``metrics`` and ``encode`` over the batches; nothing the caller does while a
+    batch is yielded (sending) is counted in them.
+    """
+    timer = timer if timer is not None else StageTimer()
+    stage = RECON_STAGE.get(settings.method, settings.method)
+    size = max(1, int(batch_size or stream_batch_size(reconstructor)))
+    for start in range(0, len(assembled), size):
+        chunk = assembled[start : start + size]
+        with timer.stage(stage):
+            results = reconstructor.reconstruct_batch([a.problem for a in chunk])
+        with timer.stage("metrics"):
+            metas = [_result_meta(item, result) for item, result in zip(chunk, results, strict=True)]
+        with timer.stage("encode"):
+            images = _encode(chunk, results, metas, settings, first_index=start + 1)
+        yield images
+    log.info("%s: %d slices in %.2f s", settings.method, len(assembled), timer.seconds(stage))
+
+
 def reconstruct_exam(
     assembled: Sequence[Assembled],
     reconstructor: Reconstructor,
@@ -221,41 +318,43 @@ def reconstruct_exam(
 ) -> list[ismrmrd.Image]:
     """Reconstruct every problem and encode ISMRMRD images (with SNR/SSIM when a reference exists).
 
-    With ``settings.send_reference`` the fully sampled reference images follow each image, as series
-    ``SERIES_INDEX["reference"]``. ``timer`` gets the reconstruction stage (``RECON_STAGE[method]``),
-    ``metrics`` and ``encode``.
+    The whole exam at once: every batch of :func:`stream_exam`, in order. ``timer`` gets the reconstruction
+    stage (``RECON_STAGE[method]``), ``metrics`` and ``encode``.
     """
-    timer = timer if timer is not None else StageTimer()
-    stage = RECON_STAGE.get(settings.method, settings.method)
-    with timer.stage(stage):
-        results = reconstructor.reconstruct_batch([a.problem for a in assembled])
-    log.info("%s: %d slices in %.2f s", settings.method, len(results), timer.seconds(stage))
-    with timer.stage("metrics"):
-        metas = [_result_meta(item, result) for item, result in zip(assembled, results, strict=True)]
+    return [image for batch in stream_exam(assembled, reconstructor, settings, timer) for image in batch]
+
+
+def _encode(
+    chunk: Sequence[Assembled],
+    results: Sequence[Result],
+    metas: Sequence[dict[str, Any]],
+    settings: GadgetSettings,
+    first_index: int,
+) -> list[ismrmrd.Image]:
     images: list[ismrmrd.Image] = []
-    with timer.stage("encode"):
-        for index, (item, result, meta) in enumerate(zip(assembled, results, metas, strict=True)):
+    for offset, (item, result, meta) in enumerate(zip(chunk, results, metas, strict=True)):
+        index = first_index + offset
+        images.append(
+            make_image(
+                replace(result, meta=meta),
+                item.geometry,
+                series_index=settings.series_index,
+                image_index=index,
+                complex_output=settings.complex_output,
+            )
+        )
+        ref = item.problem.reference
+        if settings.send_reference and ref is not None:
+            reference = Result(image=ref, meta={"method": "reference", "acceleration": 1.0})
             images.append(
                 make_image(
-                    replace(result, meta=meta),
+                    reference,
                     item.geometry,
-                    series_index=settings.series_index,
-                    image_index=index + 1,
+                    series_index=SERIES_INDEX["reference"],
+                    image_index=index,
                     complex_output=settings.complex_output,
                 )
             )
-            ref = item.problem.reference
-            if settings.send_reference and ref is not None:
-                reference = Result(image=ref, meta={"method": "reference", "acceleration": 1.0})
-                images.append(
-                    make_image(
-                        reference,
-                        item.geometry,
-                        series_index=SERIES_INDEX["reference"],
-                        image_index=index + 1,
-                        complex_output=settings.complex_output,
-                    )
-                )
     return images
 
 
@@ -269,9 +368,16 @@ def _result_meta(item: Assembled, result: Result) -> dict[str, Any]:
     return meta
 
 
-def stamp_timings(images: Iterable[ismrmrd.Image], timer: StageTimer) -> None:
-    """Add the stage seconds known so far (``Stage...Seconds``) to every image's meta."""
-    entries = timer.meta()
+def stamp_timings(images: Iterable[ismrmrd.Image], timer: StageTimer, exclude: Iterable[str] = ("send",)) -> None:
+    """Add the stage seconds known so far (``Stage...Seconds``) to every image's meta.
+
+    When streaming, each batch is stamped just before it is sent: its images carry the stages up to and
+    including their own batch (reconstruction, metrics and encode summed over the batches done so far),
+    never later ones. ``send`` is left out by default: while streaming it would hold only the earlier
+    batches' sending; the gadget logs the exam's total instead.
+    """
+    skip = {meta_name(name) for name in exclude}
+    entries = {name: value for name, value in timer.meta().items() if name not in skip}
     for image in images:
         for name, value in entries.items():
             image.meta[name] = value
