@@ -244,18 +244,28 @@ def assemble(
         timer.add("receive", receive)
     with timer.stage("assembly"):
         assembled = assembler.problems(defer_reference=True)
-    prepare_maps(assembled, timer)
+    prepare_maps(assembled, timer, threads=settings.threads)
     return assembled
 
 
-def prepare_maps(assembled: Sequence[Assembled], timer: StageTimer | None = None) -> None:
+def coil_map_workers(pending: int, threads: int = 0) -> int:
+    """Parallel ESPIRiT workers for ``pending`` problems: at most the gadget's thread setting (``threads`` as
+    :func:`apply_threads` resolves it: >= 1 as given, 0 = :func:`default_threads`), the available cores and
+    the problems, at least 1. Four gadgets side by side thus share the cores instead of each taking them all."""
+    return max(1, min(pending, threads or default_threads(), available_cores()))
+
+
+def prepare_maps(assembled: Sequence[Assembled], timer: StageTimer | None = None, threads: int = 0) -> None:
     """Estimate every problem's coil maps now (stage ``coil_maps``), then any deferred reference (``reference``),
-    so that the reconstruction stage times the reconstruction alone."""
+    so that the reconstruction stage times the reconstruction alone.
+
+    The maps of several problems are estimated in parallel by :func:`coil_map_workers` workers, capped by the
+    gadget's ``threads`` setting (0: :func:`default_threads`)."""
     timer = timer if timer is not None else StageTimer()
     with timer.stage("coil_maps"):
         pending = [item.problem for item in assembled if item.problem.coils > 1 and item.problem.maps is None]
-        workers = min(len(pending), os.cpu_count() or 1)
-        if workers > 1:  # one single-threaded ESPIRiT (a BART process, or sigpy) per core
+        workers = coil_map_workers(len(pending), threads)
+        if workers > 1:  # one single-threaded ESPIRiT (a BART process, or sigpy) per worker
             with ThreadPoolExecutor(workers, thread_name_prefix="coil-maps") as pool:
                 list(pool.map(Problem.coil_maps, pending))
         else:

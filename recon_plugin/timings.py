@@ -8,6 +8,11 @@ is the reconstructor's job.
 
 Every image of an exam carries the stages known before sending as ISMRMRD meta
 (``Stage<CamelCase>Seconds``, e.g. ``StageCoilMapsSeconds``); :func:`stage_seconds` reads them back.
+The gadgets stream the exam batch by batch of slices, each batch stamped just before it is sent: the
+stages before the reconstruction are complete on every image, while the reconstruction, ``metrics`` and
+``encode`` are summed only over the batches done so far (``send`` never appears). The first image of a
+series therefore holds the first batch's share, the last image sent the exam's totals (what replay's
+timings report, :func:`recon_plugin.replay.timing.final_stages`).
 """
 
 from __future__ import annotations

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import ismrmrd
 import numpy as np
 import pytest
 from raw_helpers import tiny_3d
+from rich.console import Console
 from typer.testing import CliRunner
 
 from recon_plugin import sample_raw as sr
@@ -15,7 +17,10 @@ from recon_plugin.cli import app
 from recon_plugin.errors import InvalidInputError
 from recon_plugin.kspace import Assembler, RetroSettings
 from recon_plugin.pipeline import GadgetSettings, assemble, build_reconstructor, reconstruct_exam, stamp_timings
-from recon_plugin.replay import read_images, replay_file
+from recon_plugin.replay import exam_timings, format_timings, read_images, replay_file
+from recon_plugin.replay.external import ExternalRun
+from recon_plugin.replay.streams import StreamRun
+from recon_plugin.replay.timing import STREAMING_ROW, UNACCOUNTED_ROW, final_stages
 from recon_plugin.timings import STAGE_META, StageTimer, is_stage_meta, meta_name, stage_seconds
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -187,14 +192,18 @@ def test_replay_reports_stage_meta_and_client_intervals(small_exam: Path, tmp_pa
         assert "send" not in stages and "network" not in stages  # sending is logged, not known before it
     (timing,) = summary.timings
     assert timing.series == (1,) and timing.images == 4 and "zero_filled" in timing.source
-    assert timing.stages == stage_seconds(dict(images[0].meta))
+    # streamed one plane per batch (CPU): the exam's totals are on the last image, not the first
+    first_stages, last_stages = (stage_seconds(dict(images[i].meta)) for i in (0, -1))
+    assert timing.stages == last_stages != first_stages
+    assert last_stages["zero_filled"] > first_stages["zero_filled"]
+    assert last_stages["coil_maps"] == first_stages["coil_maps"]  # complete before the first batch
     first, spread = timing.acquisition_to_first_image, timing.first_to_last_image
     headline = timing.acquisition_to_last_image
     assert first is not None and spread is not None and headline is not None
     assert 0 <= first <= headline and spread >= 0
     assert first + spread == pytest.approx(headline)
     assert headline <= timing.run_seconds <= summary.seconds
-    assert timing.unaccounted == pytest.approx(headline - timing.post_acquisition_stages - spread)
+    assert timing.unaccounted == pytest.approx(headline - timing.post_acquisition_stages)
 
 
 def test_replay_command_prints_timings_only_when_asked(small_exam: Path, tmp_path: Path) -> None:
@@ -204,5 +213,87 @@ def test_replay_command_prints_timings_only_when_asked(small_exam: Path, tmp_pat
     timed = runner.invoke(app, [*args, "--out", str(tmp_path / "b.h5"), "--timings"], terminal_width=200)
     assert plain.exit_code == 0 and timed.exit_code == 0, timed.output
     assert "last acquisition -> last image" not in plain.output
-    for row in ("coil maps", "zero filled", "last acquisition -> first image", "last acquisition -> last image"):
+    for row in (
+        "coil maps",
+        "zero filled",
+        "last acquisition -> first image",
+        STREAMING_ROW,
+        "last acquisition -> last image",
+        "unaccounted",
+    ):
         assert row in timed.output
+
+
+# --------------------------------------------------------------------------- streamed stage totals
+
+
+def streamed_image(index: int, stages: dict[str, float] | None) -> ismrmrd.Image:
+    image = ismrmrd.Image.from_array(np.zeros((4, 4), np.float32))
+    image.image_index = index
+    image.image_series_index = 2
+    image.meta["Method"] = "rgancs"
+    if stages is not None:
+        timer = StageTimer()
+        for name, seconds in stages.items():
+            timer.add(name, seconds)
+        stamp_timings([image], timer)
+    return image
+
+
+BEFORE = {"setup": 2.0, "receive": 5.0, "assembly_add": 0.5, "assembly": 0.25, "coil_maps": 1.0}
+
+
+def batch_stages(batches: int) -> dict[str, float]:
+    """A gadget's stages just before it sends batch ``batches`` (1-based): the recon stages accumulate."""
+    return {**BEFORE, "network": 0.5 * batches, "metrics": 0.125 * batches, "encode": 0.0625 * batches}
+
+
+def streamed_run(images: list[ismrmrd.Image]) -> StreamRun:
+    run = ExternalRun(step=None, images=images, seconds=20.0)  # type: ignore[arg-type]
+    run.last_acquisition_sent_at, run.first_image_at, run.last_image_at = 100.0, 102.5, 104.0
+    return StreamRun(key="rgancs", runs=[run])
+
+
+def test_exam_timing_takes_the_totals_from_the_last_image_sent() -> None:
+    # three batches of two slices; every image carries the stages known just before its batch was sent
+    images = [streamed_image(2 * b + s + 1, batch_stages(b + 1)) for b in range(3) for s in range(2)]
+    (timing,) = exam_timings(streamed_run(images))
+    assert timing.source == "rgancs" and timing.series == (2,) and timing.images == 6
+    assert timing.stages == pytest.approx(batch_stages(3))  # the first image would say network 0.5
+    assert timing.stages["network"] == pytest.approx(1.5)
+    totals = 0.25 + 1.0 + 1.5 + 0.375 + 0.1875  # assembly, coil maps, network, metrics, encode
+    assert timing.post_acquisition_stages == pytest.approx(totals)
+    assert timing.acquisition_to_first_image == pytest.approx(2.5)
+    assert timing.first_to_last_image == pytest.approx(1.5)
+    assert timing.acquisition_to_last_image == pytest.approx(4.0)
+    # the totals already hold the later batches' reconstruction: the streaming interval is not subtracted again
+    assert timing.unaccounted == pytest.approx(4.0 - totals)
+    assert timing.post_acquisition_stages + timing.unaccounted == pytest.approx(timing.acquisition_to_last_image)
+
+
+def test_final_stages_picks_the_largest_cumulative_total() -> None:
+    first, last = batch_stages(1), batch_stages(2)
+    assert final_stages([]) == {}
+    assert final_stages([streamed_image(1, None)]) == {}  # no stage meta at all
+    # an image without stage meta arriving last does not hide the totals
+    assert final_stages([streamed_image(1, first), streamed_image(2, last), streamed_image(3, None)]) == pytest.approx(
+        last
+    )
+    # the largest total wins even when it is not the last arrival; on a tie the later arrival
+    assert final_stages([streamed_image(1, last), streamed_image(2, first)]) == pytest.approx(last)
+    tied = {**first, "network": first["network"] + 0.0625, "metrics": first["metrics"] - 0.0625}
+    assert final_stages([streamed_image(1, first), streamed_image(2, tied)]) == pytest.approx(tied)
+
+
+def test_timing_table_labels_the_streaming_interval() -> None:
+    images = [streamed_image(b + 1, batch_stages(b + 1)) for b in range(3)]
+    table = format_timings(exam_timings(streamed_run(images)))
+    console = Console(width=200, record=True)
+    console.print(table)
+    text = console.export_text()
+    lines = {line.split("│")[1].strip(): line for line in text.splitlines() if line.count("│") >= 2}
+    assert STREAMING_ROW.startswith("streaming: first -> last image") and STREAMING_ROW in lines
+    assert "first -> last image (send + transfer)" not in text
+    assert "1.500" in lines["network"]  # the totals, not the first batch's 0.500
+    assert "3.312" in lines["stages after last acquisition (sum)"]  # 3.3125
+    assert "0.688" in lines[UNACCOUNTED_ROW]  # 4.0 - 3.3125
