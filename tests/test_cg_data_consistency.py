@@ -168,3 +168,27 @@ def test_cg_bundle_round_trip(tmp_path, rng):
     op, _, y = sense_problem(rng, coils=4)
     with torch.no_grad():
         assert torch.allclose(loaded.model.eval()(y, op)[0], net.eval()(y, op)[0], atol=1e-5)
+
+
+def test_global_skip_starts_as_identity_and_learns_a_correction(rng):
+    from recon_plugin.model import ResNetProximal
+
+    g = ResNetProximal(2, 8, 1, global_skip=True)
+    plain = ResNetProximal(2, 8, 1)
+    assert sum(p.numel() for p in g.parameters()) == sum(p.numel() for p in plain.parameters())
+    x = torch.randn(2, 2, 12, 12)
+    assert torch.equal(g(x), x)
+    assert not torch.allclose(plain(x), x, atol=1e-2)
+    ((g(x) - 2 * x) ** 2).mean().backward()
+    assert g.head[-1].weight.grad is not None and g.head[-1].weight.grad.abs().sum() > 0
+    # an untrained cg network with a global skip is CG-SENSE followed by proximal CG solves
+    op, _, y = sense_problem(rng, coils=4)
+    net = RecurrentProximalNet(
+        copies=2, blocks=1, features=8, data_consistency="cg", init="cg_sense", init_iterations=4, global_skip=True
+    ).eval()
+    with torch.no_grad():
+        out, _ = net(y, op)
+        x0 = op.cg_sense(y, 4)
+        lam = net.lambdas
+        expected = op.regularised_solve(op.regularised_solve(x0, y, lam[0], 5), y, lam[1], 5)
+    assert torch.allclose(out, expected, atol=1e-5)

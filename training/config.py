@@ -298,6 +298,7 @@ _MODEL_KEYS = (
     "cg_lambda",
     "init",
     "init_iterations",
+    "global_skip",
 )
 
 

@@ -32,6 +32,9 @@ class ResNetProximal(nn.Module):
     The head is conv1x1-ReLU-conv1x1-ReLU-conv1x1 followed by the output
     activation: "linear" for complex MR in two channels (real, imaginary),
     "sigmoid" for [0, 1] magnitude images as in the paper's text.
+    ``global_skip`` adds the input to the head's output (G(x) = x + R(x), before the output
+    activation) and starts the last conv at zero, so an untrained G is the identity and the
+    network learns a correction of its input (e.g. of a CG-SENSE image) rather than the image.
     """
 
     def __init__(
@@ -40,8 +43,10 @@ class ResNetProximal(nn.Module):
         features: int = 128,
         blocks: int = 1,
         output_activation: OutputActivation = "linear",
+        global_skip: bool = False,
     ) -> None:
         super().__init__()
+        self.global_skip = global_skip
         self.project = nn.Conv2d(channels, features, 1)
         self.blocks = nn.Sequential(*(ResidualBlock(features) for _ in range(blocks)))
         self.head = nn.Sequential(
@@ -51,12 +56,17 @@ class ResNetProximal(nn.Module):
             nn.ReLU(),
             nn.Conv2d(features, channels, 1),
         )
+        if global_skip:
+            nn.init.zeros_(self.head[-1].weight)
+            nn.init.zeros_(self.head[-1].bias)
         self.output_activation = output_activation
         if output_activation not in ("linear", "sigmoid", "tanh"):
             raise ValueError(f"unknown output activation {output_activation!r}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.head(self.blocks(self.project(x)))
+        if self.global_skip:
+            out = out + x
         if self.output_activation == "sigmoid":
             return torch.sigmoid(out)
         if self.output_activation == "tanh":

@@ -42,6 +42,7 @@ class ModelConfig:
     cg_lambda: float = 0.1
     init: InitialImage = "adjoint"
     init_iterations: int = 10
+    global_skip: bool = False
 
     def __post_init__(self) -> None:
         if self.copies < 1 or self.blocks < 0 or self.features < 1:
@@ -85,7 +86,7 @@ class RecurrentProximalNet(nn.Module):
         c = self.config
         count = 1 if c.shared else c.copies
         self.proximals = nn.ModuleList(
-            ResNetProximal(c.channels, c.features, c.blocks, c.output_activation) for _ in range(count)
+            ResNetProximal(c.channels, c.features, c.blocks, c.output_activation, c.global_skip) for _ in range(count)
         )
         self.alpha = nn.Parameter(torch.ones(c.copies)) if c.data_consistency == "gradient" else None
         self.log_lambda = (
