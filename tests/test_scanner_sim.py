@@ -235,3 +235,7 @@ def test_cg_model_learns_on_multicoil_examples(tmp_path: Path):
     assert sim["masks"] == ["poisson:4-5", "uniform:4"] and sim["coil_range"] == [4, 6]
     assert sim["maps_used_by_model"].startswith("ESPIRiT")
     assert sidecar["mask"]["family"] == "mixture" and sidecar["model"]["data_consistency"] == "cg"
+    from training.model_card import write_model_card
+
+    card = write_model_card(tmp_path / "run" / "bundle", data_terms="synthetic").read_text()
+    assert "mixture poisson:4-5, uniform:4" in card and "cg (2 CG steps per copy)" in card

@@ -11,17 +11,23 @@ def write_model_card(bundle: str | Path, data_terms: str, notes: str = "") -> Pa
     folder = Path(bundle)
     side = json.loads((folder / "bundle.json").read_text())
     model, train, val = side["model"], side.get("training", {}), side.get("validation", {})
+    dc = model["data_consistency"]
+    if dc == "cg":
+        dc = f"cg ({model.get('cg_iterations')} CG steps per copy) data consistency, initial image {model.get('init')}"
+        dc += f" ({model.get('init_iterations')} steps)" if model.get("init") == "cg_sense" else ""
+    else:
+        dc += " data consistency"
     arch = (
         f"{model['copies']}x{model['blocks']}x{model['features']} "
-        f"({'shared' if model['shared'] else 'independent'} weights, {model['data_consistency']} data consistency, "
-        f"{model['output_activation']} output), {side.get('parameters', '?')} parameters"
+        f"({'shared' if model['shared'] else 'independent'} weights, {dc}, "
+        f"{model['output_activation']} output{', global skip' if model.get('global_skip') else ''}), "
+        f"{side.get('parameters', '?')} parameters"
     )
     lines = [
         f"# Model card: {side['name']}",
         "",
         f"- Architecture: RecurrentProximalNet {arch}.",
-        f"- Mask trained for: {side['mask'].get('family')} at {side['mask'].get('acceleration')}x"
-        f"{' (a new mask per example)' if side['mask'].get('per_sample') else ''}.",
+        _mask_line(side["mask"]),
         f"- Normalisation: {side['normalisation']}.",
         f"- Weights sha256: `{side['weights_sha256']}`; package version {side['package_version']}.",
         "",
@@ -50,3 +56,11 @@ def write_model_card(bundle: str | Path, data_terms: str, notes: str = "") -> Pa
     path = folder / "MODEL_CARD.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def _mask_line(mask: dict) -> str:
+    """What the model was trained for: one family at one acceleration, or a mixture."""
+    if mask.get("family") == "mixture":
+        return f"- Masks trained for: a new mask per example from the mixture {', '.join(mask.get('mixture', []))}."
+    per = " (a new mask per example)" if mask.get("per_sample") else ""
+    return f"- Mask trained for: {mask.get('family')} at {mask.get('acceleration')}x{per}."
