@@ -192,3 +192,31 @@ def test_global_skip_starts_as_identity_and_learns_a_correction(rng):
         lam = net.lambdas
         expected = op.regularised_solve(op.regularised_solve(x0, y, lam[0], 5), y, lam[1], 5)
     assert torch.allclose(out, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("norm", ["instance", "none"])
+def test_norms_without_running_statistics_are_per_slice(norm):
+    """Instance norm and no norm give the same output in train and eval mode, and a slice's output does not
+    depend on the rest of its batch (BatchNorm's running statistics are one set for all copies)."""
+    from recon_plugin.model import ResNetProximal
+
+    g = ResNetProximal(2, 8, 1, norm=norm)
+    assert not any("running" in k for k in g.state_dict())
+    x = torch.randn(3, 2, 16, 16)
+    with torch.no_grad():
+        train_out = g.train()(x)
+        eval_out = g.eval()(x)
+        alone = g(x[:1])
+    assert torch.allclose(train_out, eval_out, atol=1e-6)
+    assert torch.allclose(alone[0], eval_out[0], atol=1e-5)
+    with pytest.raises(ValueError, match="normalisation"):
+        ResNetProximal(2, 8, 1, norm="layer")
+    with pytest.raises(ValueError, match="norm"):
+        ModelConfig(norm="layer")  # type: ignore[arg-type]
+
+
+def test_no_norm_drops_only_the_batchnorm_parameters():
+    batch = RecurrentProximalNet(copies=10, blocks=1, features=32)
+    none = RecurrentProximalNet(copies=10, blocks=1, features=32, norm="none")
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(batch) - count(none) == 2 * 2 * 32  # two BN layers (weight, bias) per block

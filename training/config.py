@@ -299,6 +299,7 @@ _MODEL_KEYS = (
     "init",
     "init_iterations",
     "global_skip",
+    "norm",
 )
 
 

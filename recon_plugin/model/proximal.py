@@ -8,16 +8,31 @@ import torch
 from torch import nn
 
 OutputActivation = Literal["linear", "sigmoid", "tanh"]
+Norm = Literal["batch", "instance", "none"]
+NORMS = ("batch", "instance", "none")
+
+
+def _norm(kind: str, features: int) -> nn.Module:
+    if kind == "batch":
+        return nn.BatchNorm2d(features)
+    if kind == "instance":
+        return nn.InstanceNorm2d(features, affine=True)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"unknown normalisation {kind!r}; use one of {', '.join(NORMS)}")
 
 
 class ResidualBlock(nn.Module):
-    """Pre-activation residual block: (BN, ReLU, 3x3 conv) twice, identity skip."""
+    """Pre-activation residual block: (norm, ReLU, 3x3 conv) twice, identity skip.
 
-    def __init__(self, features: int) -> None:
+    ``norm``: "batch" (the paper's BN), "instance" (per-slice statistics, also at inference) or "none".
+    """
+
+    def __init__(self, features: int, norm: str = "batch") -> None:
         super().__init__()
-        self.bn1 = nn.BatchNorm2d(features)
+        self.bn1 = _norm(norm, features)
         self.conv1 = nn.Conv2d(features, features, 3, padding=1)
-        self.bn2 = nn.BatchNorm2d(features)
+        self.bn2 = _norm(norm, features)
         self.conv2 = nn.Conv2d(features, features, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -35,6 +50,9 @@ class ResNetProximal(nn.Module):
     ``global_skip`` adds the input to the head's output (G(x) = x + R(x), before the output
     activation) and starts the last conv at zero, so an untrained G is the identity and the
     network learns a correction of its input (e.g. of a CG-SENSE image) rather than the image.
+    ``norm`` picks the blocks' normalisation. BN's running statistics are one set for all copies of a
+    shared-weight network, whose inputs differ from copy to copy (and from training crops to whole
+    slices); "none" or "instance" avoid that mismatch.
     """
 
     def __init__(
@@ -44,11 +62,12 @@ class ResNetProximal(nn.Module):
         blocks: int = 1,
         output_activation: OutputActivation = "linear",
         global_skip: bool = False,
+        norm: str = "batch",
     ) -> None:
         super().__init__()
         self.global_skip = global_skip
         self.project = nn.Conv2d(channels, features, 1)
-        self.blocks = nn.Sequential(*(ResidualBlock(features) for _ in range(blocks)))
+        self.blocks = nn.Sequential(*(ResidualBlock(features, norm) for _ in range(blocks)))
         self.head = nn.Sequential(
             nn.Conv2d(features, features, 1),
             nn.ReLU(),

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..physics import channels_to_complex, complex_to_channels
-from .proximal import OutputActivation, ResNetProximal
+from .proximal import NORMS, Norm, OutputActivation, ResNetProximal
 
 DataConsistency = Literal["gradient", "exact", "cg"]
 InitialImage = Literal["adjoint", "cg_sense"]
@@ -43,6 +43,7 @@ class ModelConfig:
     init: InitialImage = "adjoint"
     init_iterations: int = 10
     global_skip: bool = False
+    norm: Norm = "batch"
 
     def __post_init__(self) -> None:
         if self.copies < 1 or self.blocks < 0 or self.features < 1:
@@ -51,6 +52,8 @@ class ModelConfig:
             raise ValueError(
                 f"data_consistency must be one of {', '.join(DATA_CONSISTENCIES)}, got {self.data_consistency!r}"
             )
+        if self.norm not in NORMS:
+            raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
         if self.init not in INITIAL_IMAGES:
             raise ValueError(f"init must be one of {', '.join(INITIAL_IMAGES)}, got {self.init!r}")
         if self.cg_iterations < 1 or self.init_iterations < 1:
@@ -86,7 +89,8 @@ class RecurrentProximalNet(nn.Module):
         c = self.config
         count = 1 if c.shared else c.copies
         self.proximals = nn.ModuleList(
-            ResNetProximal(c.channels, c.features, c.blocks, c.output_activation, c.global_skip) for _ in range(count)
+            ResNetProximal(c.channels, c.features, c.blocks, c.output_activation, c.global_skip, c.norm)
+            for _ in range(count)
         )
         self.alpha = nn.Parameter(torch.ones(c.copies)) if c.data_consistency == "gradient" else None
         self.log_lambda = (
