@@ -128,4 +128,4 @@ def test_shipped_bundles_load_and_verify():
     for folder in folders:
         bundle = load_bundle(folder)
         assert bundle.sha256 == sha256_file(folder / "weights.safetensors")
-        assert bundle.sidecar["mask"]["family"] == "radial" and (folder / "MODEL_CARD.md").is_file()
+        assert bundle.sidecar["mask"]["family"] in ("radial", "mixture") and (folder / "MODEL_CARD.md").is_file()
