@@ -158,8 +158,6 @@ def default_weights(device: str = "auto") -> Path:
 _PROCESS_THREADS = torch.get_num_threads()
 #: The most gadgets a shipped protocol runs side by side (``side_by_side.xml``); the default thread share.
 PARALLEL_GADGETS = 4
-#: Environment variable a launcher sets to the number of gadgets that compute at once.
-PARALLEL_GADGETS_ENV = "RECON_PLUGIN_PARALLEL_GADGETS"
 
 
 def available_cores() -> int:
@@ -174,24 +172,12 @@ def default_threads() -> int:
     """The torch threads of a gadget without a ``threads`` property: ``available_cores() // PARALLEL_GADGETS``,
     at least 1 and at most the process default (``OMP_NUM_THREADS``).
 
-    Replay tells each gadget how many gadgets of its protocol compute at once (``PARALLEL_GADGETS_ENV``);
-    under another launcher (a Gadgetron server) a gadget cannot see it, so the default is the share of the
+    A gadget cannot see how many gadgets its protocol runs in parallel, so the default is the share of the
     largest shipped protocol: four gadgets never oversubscribe the cores. Oversubscription is the expensive
     side: with one of two cores busy elsewhere, the CPU network took 2.1x as long with 2 threads as with 1
     (145 vs 68 ms per 80x40 plane); a single-gadget protocol may set ``threads`` higher.
     """
-    return max(1, min(_PROCESS_THREADS, available_cores() // parallel_gadgets()))
-
-
-def parallel_gadgets() -> int:
-    """How many gadgets share the cores: ``PARALLEL_GADGETS_ENV`` when the launcher set it (replay does, from
-    the protocol's parallel branches), else ``PARALLEL_GADGETS`` (the largest shipped protocol)."""
-    value = os.environ.get(PARALLEL_GADGETS_ENV, "")
-    try:
-        count = int(value)
-    except ValueError:
-        return PARALLEL_GADGETS
-    return count if count >= 1 else PARALLEL_GADGETS
+    return max(1, min(_PROCESS_THREADS, available_cores() // PARALLEL_GADGETS))
 
 
 def apply_threads(threads: int = 0) -> int:

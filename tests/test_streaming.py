@@ -209,31 +209,7 @@ def test_the_gadget_runs_its_model_with_the_threads_property(monkeypatch, scan, 
 def test_default_threads_share_the_cores_among_side_by_side_gadgets(monkeypatch, cores, process, expected) -> None:
     from recon_plugin import pipeline
 
-    monkeypatch.delenv(pipeline.PARALLEL_GADGETS_ENV, raising=False)
     monkeypatch.setattr(pipeline, "available_cores", lambda: cores)
     monkeypatch.setattr(pipeline, "_PROCESS_THREADS", process)
     assert default_threads() == expected
     assert expected * pipeline.PARALLEL_GADGETS <= max(cores, pipeline.PARALLEL_GADGETS)  # four gadgets fit
-
-
-@pytest.mark.parametrize(
-    ("protocol", "gadgets"), [("side_by_side.xml", 4), ("rgancs_retro5x.xml", 1), ("rgancs.xml", 1)]
-)
-def test_replay_tells_each_gadget_how_many_share_the_cores(monkeypatch, protocol: str, gadgets: int) -> None:
-    from pathlib import Path
-
-    from recon_plugin import pipeline
-    from recon_plugin.replay.external import child_environment
-    from recon_plugin.replay.protocol import load_protocol
-    from recon_plugin.replay.streams import concurrent_gadgets
-
-    root = Path(__file__).resolve().parents[1] / "protocols"
-    assert concurrent_gadgets(load_protocol(root / protocol).steps) == gadgets
-    env = child_environment((), gadgets)
-    assert env[pipeline.PARALLEL_GADGETS_ENV] == str(gadgets)
-    monkeypatch.setattr(pipeline, "available_cores", lambda: 16)
-    monkeypatch.setattr(pipeline, "_PROCESS_THREADS", 16)
-    monkeypatch.setenv(pipeline.PARALLEL_GADGETS_ENV, env[pipeline.PARALLEL_GADGETS_ENV])
-    assert default_threads() == 16 // gadgets
-    monkeypatch.setenv(pipeline.PARALLEL_GADGETS_ENV, "garbage")
-    assert default_threads() == 16 // pipeline.PARALLEL_GADGETS

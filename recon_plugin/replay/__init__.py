@@ -32,7 +32,7 @@ from ..images import SNR_META, SSIM_META
 from .dataset import RawData, read_images, read_raw, write_images, write_pngs
 from .external import DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT, ExternalRun, Message, attach_results, run_external
 from .protocol import ExternalStep, ParallelStep, Protocol, Step, load_protocol
-from .streams import ParallelRun, RunOptions, StreamRun, concurrent_gadgets, input_consumers, run_parallel, run_stream
+from .streams import ParallelRun, RunOptions, StreamRun, input_consumers, run_parallel, run_stream
 from .timing import ExamTiming, exam_timings, format_timings
 
 logger = logging.getLogger(__name__)
@@ -153,11 +153,7 @@ def replay_file(
                     bar.update(1)
 
         options = RunOptions(
-            timeout=timeout,
-            connect_timeout=connect_timeout,
-            extra_pythonpath=extra_pythonpath,
-            parallel_gadgets=concurrent_gadgets(protocol.steps),
-            on_sent=on_sent,
+            timeout=timeout, connect_timeout=connect_timeout, extra_pythonpath=extra_pythonpath, on_sent=on_sent
         )
         result = run_stream(protocol.steps, raw.header_xml, messages, options)
 

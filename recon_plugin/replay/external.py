@@ -148,7 +148,6 @@ def run_external(
     on_image: Callable[[ismrmrd.Image], None] | None = None,
     on_sent: Callable[[Message], None] | None = None,
     extra_pythonpath: Sequence[str | Path] = (),
-    parallel_gadgets: int = 1,
     python: str | None = None,
 ) -> ExternalRun:
     """Start the gadget, stream ``acquisitions`` then ``waveforms`` into it and collect what it sends back.
@@ -173,11 +172,7 @@ def run_external(
         command = [python or sys.executable, "-m", "gadgetron", str(port), step.module, step.target]
         logger.debug("starting %s (port %d)", " ".join(command), port)
         process = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            env=child_environment(extra_pythonpath, parallel_gadgets),
+            command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=child_environment(extra_pythonpath)
         )
         _register(process)
         try:
@@ -206,14 +201,9 @@ def run_external(
     return run
 
 
-def child_environment(extra_pythonpath: Sequence[str | Path] = (), parallel_gadgets: int = 1) -> dict[str, str]:
-    """The gadget's environment: ours, with the repository root (then ``extra_pythonpath``) first on PYTHONPATH,
-    and ``PARALLEL_GADGETS_ENV`` = how many gadgets of the protocol compute at once (their default torch threads
-    share the cores by it)."""
-    from ..pipeline import PARALLEL_GADGETS_ENV
-
+def child_environment(extra_pythonpath: Sequence[str | Path] = ()) -> dict[str, str]:
+    """The gadget's environment: ours, with the repository root (then ``extra_pythonpath``) first on PYTHONPATH."""
     env = dict(os.environ)
-    env[PARALLEL_GADGETS_ENV] = str(max(1, int(parallel_gadgets)))
     parts = [str(_REPO_ROOT), *(str(p) for p in extra_pythonpath)]
     if env.get("PYTHONPATH"):
         parts.append(env["PYTHONPATH"])

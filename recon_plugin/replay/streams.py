@@ -120,7 +120,6 @@ class RunOptions:
     timeout: float = DEFAULT_TIMEOUT
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     extra_pythonpath: Sequence[str | Path] = ()
-    parallel_gadgets: int = 1
     on_image: Callable[[ismrmrd.Image], None] | None = None
     on_sent: Callable[[Message], None] | None = None
 
@@ -152,7 +151,6 @@ def run_stream(
                 on_image=step_options.on_image,
                 on_sent=step_options.on_sent,
                 extra_pythonpath=step_options.extra_pythonpath,
-                parallel_gadgets=step_options.parallel_gadgets,
             )
         else:
             run = run_parallel(step, header_xml, current, step_options)
@@ -211,18 +209,6 @@ def _combined_failure(result: ParallelRun) -> ReconError | None:
     if ok:
         text += f" (branches that succeeded: {', '.join(ok)})"
     return type(first)(text)
-
-
-def concurrent_gadgets(steps: Sequence[Step]) -> int:
-    """The most gadgets of ``steps`` that compute at the same time: parallel branches add up, steps in sequence
-    take turns (each step receives its predecessor's outputs after they are complete)."""
-    most = 0
-    for step in steps:
-        if isinstance(step, ExternalStep):
-            most = max(most, 1)
-        else:
-            most = max(most, sum(concurrent_gadgets(branch) for branch in step.streams.values()))
-    return most
 
 
 def input_consumers(steps: Sequence[Step]) -> int:
