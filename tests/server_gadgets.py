@@ -34,6 +34,9 @@ class Summary:
     """A class target (``handle``): after the input ends, one image whose meta tells what the gadget saw."""
 
     def handle(self, connection) -> None:
+        from recon_plugin.pipeline import apply_threads
+
+        apply_threads(0)  # as every product gadget does before its model runs
         count = sum(1 for item in connection if isinstance(item, ismrmrd.Acquisition))
         props = {p.get("name"): p.get("value") for p in connection.config.iter("property")}
         matrix = connection.header.encoding[0].encodedSpace.matrixSize
