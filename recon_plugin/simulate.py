@@ -23,6 +23,11 @@ def with_smooth_phase(magnitude: np.ndarray, rng: np.random.Generator) -> np.nda
     return (np.abs(magnitude) * np.exp(1j * smooth_phase(magnitude.shape, rng))).astype(np.complex64)
 
 
+def normalise_maps(maps: np.ndarray) -> np.ndarray:
+    """Coil maps [coils, ny, nx] scaled so that sum_c |S_c|^2 = 1 at every pixel (complex64)."""
+    return (maps / (np.sqrt((np.abs(maps) ** 2).sum(0, keepdims=True)) + 1e-12)).astype(np.complex64)
+
+
 def simulated_coil_maps(shape: tuple[int, int], coils: int) -> np.ndarray:
     """Smooth coil maps from coils placed on a ring around the field of view, sum |S|^2 = 1."""
     ny, nx = shape
@@ -33,9 +38,7 @@ def simulated_coil_maps(shape: tuple[int, int], coils: int) -> np.ndarray:
         cy, cx = 1.5 * np.sin(angle), 1.5 * np.cos(angle)
         dist2 = (yy - cy) ** 2 + (xx - cx) ** 2
         maps.append(np.exp(-dist2 / 2.0) * np.exp(1j * (angle + 0.5 * (yy * np.cos(angle) + xx * np.sin(angle)))))
-    stack = np.array(maps)
-    stack /= np.sqrt((np.abs(stack) ** 2).sum(0, keepdims=True))
-    return stack.astype(np.complex64)
+    return normalise_maps(np.array(maps))
 
 
 def simulate_problem(
@@ -77,6 +80,4 @@ def birdcage_coil_maps(
 
     ny, nx = shape
     per_ring = coils if coils_per_ring is None else max(1, min(coils, coils_per_ring))
-    maps = np.asarray(sigpy.mri.birdcage_maps((coils, ny, nx), r=radius, nzz=per_ring), dtype=np.complex64)
-    maps /= np.sqrt((np.abs(maps) ** 2).sum(0, keepdims=True)) + 1e-12
-    return maps.astype(np.complex64)
+    return normalise_maps(np.asarray(sigpy.mri.birdcage_maps((coils, ny, nx), r=radius, nzz=per_ring)))

@@ -15,7 +15,7 @@ from recon_plugin.errors import MaskSpecError
 from recon_plugin.masks import fully_sampled_centre
 from recon_plugin.model import load_bundle
 from recon_plugin.physics import fft2c
-from recon_plugin.simulate import birdcage_coil_maps
+from recon_plugin.simulate import birdcage_coil_maps, normalise_maps
 from training.config import config_from_dict
 from training.datasets import ImageArraySlices
 from training.datasets.scanner_sim import (
@@ -24,7 +24,6 @@ from training.datasets.scanner_sim import (
     ScannerSimulation,
     correlated_noise,
     draw_mask,
-    normalise_maps,
     parse_mixture,
     real_maps_from_kspace,
 )

@@ -28,10 +28,10 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from recon_plugin.coils import espirit_maps
-from recon_plugin.errors import InvalidInputError, MaskSpecError
-from recon_plugin.masks import FAMILIES, fully_sampled_centre, make_mask
-from recon_plugin.simulate import birdcage_coil_maps
+from recon_plugin.errors import CoilMapError, InvalidInputError, MaskSpecError
+from recon_plugin.masks import FAMILIES, make_mask
+from recon_plugin.problem import Problem
+from recon_plugin.simulate import birdcage_coil_maps, normalise_maps
 
 from .base import DatasetError, UnreadableImageError
 
@@ -106,11 +106,6 @@ def draw_mask(
 # ----------------------------------------------------------------------------- coil maps
 
 
-def normalise_maps(maps: np.ndarray) -> np.ndarray:
-    """Scale maps so that sum_c |S_c|^2 = 1 at every pixel."""
-    return (maps / (np.sqrt((np.abs(maps) ** 2).sum(0, keepdims=True)) + 1e-12)).astype(np.complex64)
-
-
 def real_maps_from_kspace(path: str | Path, calib_width: int = CALIB_WIDTH) -> np.ndarray:
     """ESPIRiT maps [coils, ny, nx] of a measured multi-coil k-space .npy (fully sampled or with a calibrated centre).
 
@@ -125,10 +120,10 @@ def real_maps_from_kspace(path: str | Path, calib_width: int = CALIB_WIDTH) -> n
         raise UnreadableImageError(f"{path} cannot be read as a .npy array ({type(exc).__name__})") from exc
     if k.ndim != 3 or not np.iscomplexobj(k) or k.shape[0] < 2:
         raise DatasetError(f"{path}: coil k-space must be complex [coils >= 2, ny, nx], got {k.dtype} {k.shape}")
-    width = min(calib_width, fully_sampled_centre(np.abs(k).sum(0) > 0))
-    if width < 8:
-        raise DatasetError(f"{path}: only a {width}x{width} fully sampled centre; coil maps need at least 8x8")
-    return espirit_maps(k.astype(np.complex64), width)
+    try:  # the scanner path's own estimate: ESPIRiT on the largest fully sampled centre
+        return Problem(kspace=k, mask=np.abs(k).sum(0) > 0, calib_width=calib_width).coil_maps()
+    except CoilMapError as exc:
+        raise DatasetError(f"{path}: {exc}") from exc
 
 
 def _augment_real(maps: np.ndarray, shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
@@ -276,9 +271,9 @@ class ScannerSimulation:
         return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
 
     def estimate(self, y: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """ESPIRiT maps from the example's own undersampled calibration region, as the scanner path does."""
-        width = min(self.calib_width, fully_sampled_centre(mask))
-        return espirit_maps(y, width)
+        """ESPIRiT maps from the example's own undersampled calibration region: ``Problem.coil_maps``, the
+        scanner path's own estimate."""
+        return Problem(kspace=y, mask=mask, calib_width=self.calib_width).coil_maps()
 
     def summary(self) -> dict[str, Any]:
         """What the simulation draws from, for the bundle's sidecar."""
