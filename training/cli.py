@@ -13,6 +13,7 @@ from recon_plugin.errors import ReconError
 from recon_plugin.model import ModelConfig
 
 from .fit_cli import fit
+from .study import study
 from .sweep import sweep
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train RGANCS model bundles.")
@@ -37,6 +38,7 @@ def _root() -> None:
 
 app.command("fit")(fit)
 app.command("sweep")(sweep)
+app.command("study")(study)
 
 
 @app.command("demo-bundle")
@@ -86,7 +88,7 @@ def evaluate(
         int | None, typer.Option(help="fully sampled centre (default: the family's; 24 lines for uniform)")
     ] = None,
     coils: Annotated[int | None, typer.Option(help="coils simulated for image data (birdcage maps; default 1)")] = None,
-    slices: Annotated[str | None, typer.Option(help="START:STOP of the slices (default all)")] = None,
+    slices: Annotated[str | None, typer.Option(help="START:STOP[:STEP] of the slices (default all)")] = None,
     names: Annotated[str | None, typer.Option(help="comma-separated *_kspace.npy stems of a k-space folder")] = None,
     seed: Annotated[int, typer.Option(help="mask seed of the first selected slice (then +1 per slice)")] = 200,
     iterations: Annotated[int, typer.Option(help="BART iterations")] = 300,

@@ -224,6 +224,8 @@ class RunConfig:
     device: str = "auto"
     bf16: bool = False
     progress: bool = True
+    #: A model bundle whose weights start this run (fine-tuning); empty = random initial weights.
+    init_weights: str = ""
 
     def check(self) -> None:
         """Raise TrainingConfigError on an impossible value."""
@@ -380,6 +382,8 @@ def config_from_dict(raw: dict[str, Any], base_dir: str | Path | None = None) ->
             config.data.coil_kspace = [p if Path(p).is_absolute() else str(base / p) for p in config.data.coil_kspace]
         if not Path(config.run.out).is_absolute():
             config.run.out = str(base / config.run.out)
+        if config.run.init_weights and not Path(config.run.init_weights).is_absolute():
+            config.run.init_weights = str(base / config.run.init_weights)
     config.check()
     return config
 

@@ -88,24 +88,25 @@ class EvalData:
 
 
 def parse_slices(spec: str | None, count: int, where: Path | str = "the data") -> range:
-    """``START:STOP`` -> indices; InvalidInputError for bad syntax or a stop past ``count``, EmptyDatasetError when
-    nothing is selected."""
+    """``START:STOP`` or ``START:STOP:STEP`` -> indices; InvalidInputError for bad syntax or a stop past ``count``,
+    EmptyDatasetError when nothing is selected."""
     if spec is None or spec.strip() in ("", ":"):
         selected = range(count)
     else:
         parts = spec.split(":")
         try:
-            if len(parts) != 2:
+            if len(parts) not in (2, 3):
                 raise ValueError
             start = int(parts[0]) if parts[0].strip() else 0
             stop = int(parts[1]) if parts[1].strip() else count
+            step = int(parts[2]) if len(parts) == 3 and parts[2].strip() else 1
         except ValueError:
-            raise InvalidInputError(f"--slices {spec!r} is not START:STOP (e.g. 140:160)") from None
-        if start < 0 or stop < 0:
-            raise InvalidInputError(f"--slices {spec!r}: START and STOP must be >= 0")
+            raise InvalidInputError(f"--slices {spec!r} is not START:STOP[:STEP] (e.g. 140:160)") from None
+        if start < 0 or stop < 0 or step < 1:
+            raise InvalidInputError(f"--slices {spec!r}: START and STOP must be >= 0 and STEP >= 1")
         if stop > count:
             raise InvalidInputError(f"--slices {spec!r} reaches past the {count} slices of {where}")
-        selected = range(start, stop)
+        selected = range(start, stop, step)
     if not selected:
         raise EmptyDatasetError(f"--slices {spec!r} selects no slice of the {count} in {where}")
     return selected

@@ -25,6 +25,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,8 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from recon_plugin.metrics import snr_db, ssim
-from recon_plugin.model import Discriminator, RecurrentProximalNet, save_bundle
+from recon_plugin.errors import BundleError
+from recon_plugin.model import Discriminator, RecurrentProximalNet, load_bundle, save_bundle
 from recon_plugin.model.precision import FullPrecisionOperator
 from recon_plugin.physics import SenseOperator, SuperResolutionOperator, complex_to_channels
 from recon_plugin.reconstructors import resolve_device
@@ -138,6 +140,8 @@ class Trainer:
 
         torch.manual_seed(config.run.seed)
         self.model = RecurrentProximalNet(config.model).to(self.device)
+        if config.run.init_weights:
+            self._load_initial_weights(config.run.init_weights)
         self.disc = (
             Discriminator(channels=config.model.channels).to(self.device) if config.loss.lambda_gan > 0 else None
         )
@@ -165,6 +169,20 @@ class Trainer:
         self._reseed_data = False
 
     # ------------------------------------------------------------------ setup helpers
+    def _load_initial_weights(self, path: str) -> None:
+        """Start from a bundle's weights; its architecture must be this run's ``[model]``."""
+        try:
+            bundle = load_bundle(path)
+        except BundleError as exc:
+            raise CheckpointError(f"run.init_weights: {exc}") from exc
+        ours = asdict(self.config.model)
+        theirs = bundle.sidecar["model"]
+        diffs = [f"{k}: bundle {theirs.get(k)!r}, run {v!r}" for k, v in ours.items() if theirs.get(k, v) != v]
+        if diffs:
+            raise CheckpointError(f"run.init_weights {path} has another architecture: {'; '.join(diffs)}")
+        self.model.load_state_dict(bundle.model.state_dict(), strict=True)
+        log.info("initial weights from %s", path)
+
     def _scheduler(self, opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler | None:
         if self.config.optim.schedule == "cosine":
             return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.config.optim.steps)
@@ -457,6 +475,10 @@ class Trainer:
                 path = self.save_checkpoint(gather=False)
                 if path is not None:
                     log.warning("interrupted at step %d; resume from %s", self.step, path)
+            fh.close()
+            raise
+        except BaseException:
+            bar.close()
             fh.close()
             raise
         bar.close()
