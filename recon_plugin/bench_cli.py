@@ -11,7 +11,6 @@ from rich.table import Table
 
 from .bench import Case, markdown, run_bench, table_rows, write_json, write_markdown
 from .errors import ReconError
-from .sample_data import FULL_BUNDLE
 
 console = Console()
 
@@ -27,9 +26,14 @@ def _case(text: str) -> Case:
 
 
 def bench(
-    bundle: Annotated[Path, typer.Option(help="RGANCS bundle (default: the shipped 10x1x128)")] = FULL_BUNDLE,
+    bundle: Annotated[
+        Path | None, typer.Option(help="RGANCS bundle (default: the one the gadgets load on this device)")
+    ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
-    quick: Annotated[bool, typer.Option(help="CI mode: one case, batches 1 and 4, one BART slice")] = False,
+    quick: Annotated[
+        bool,
+        typer.Option(help="CI mode: the 256x256 8-coil case, fp32 and the default path, batches 1, 4, one BART slice"),
+    ] = False,
     case: Annotated[list[str] | None, typer.Option(help="NYxNXxCOILS, repeatable (default: the three cases)")] = None,
     batch: Annotated[list[int] | None, typer.Option(help="batch size, repeatable (default 1 4 16 64)")] = None,
     path: Annotated[list[str] | None, typer.Option(help="RGANCS fast path, repeatable (bf16+channels_last)")] = None,
@@ -42,6 +46,10 @@ def bench(
 ) -> None:
     """Time zero-filled, RGANCS (fp32 and fast paths) and BART CS on the same slices and masks; print a table."""
     try:
+        if bundle is None:
+            from .pipeline import default_weights
+
+            bundle = default_weights(device)
         report = run_bench(
             bundle,
             device=device,

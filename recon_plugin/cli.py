@@ -56,20 +56,21 @@ def mask(
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="output folder")] = Path("demo_output"),
-    bundle: Annotated[Path | None, typer.Option(help="model bundle (default: the shipped CPU demo bundle)")] = None,
+    bundle: Annotated[
+        Path | None, typer.Option(help="model bundle (default: the one the gadgets load on this device)")
+    ] = None,
     family: Annotated[str, typer.Option(help="mask family")] = "radial",
     acceleration: Annotated[float, typer.Option(help="acceleration")] = 5.0,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     raw: Annotated[bool, typer.Option(help="also replay the sample 3D raw file through side_by_side.xml")] = True,
 ) -> None:
-    """Undersample the bundled sample slices, reconstruct with zero-filled and RGANCS, report SNR/SSIM;
-    then replay the sample 3D ISMRMRD file through the side-by-side protocol (zero-filled, RGANCS, BART CS-Wavelet,
-    CS-TV and the reference), exactly as Gadgetron runs its external gadgets."""
+    """Undersample the bundled sample slices, reconstruct with zero-filled, RGANCS, BART CS-Wavelet and CS-TV,
+    report SNR/SSIM; then replay the sample 3D ISMRMRD file through the side-by-side protocol (zero-filled,
+    RGANCS, BART CS-Wavelet, CS-TV and the reference), exactly as Gadgetron runs its external gadgets."""
     from .demo import run_demo
-    from .sample_data import DEMO_BUNDLE
 
     try:
-        rows = run_demo(out, bundle or DEMO_BUNDLE, family, acceleration, device=device)
+        rows = run_demo(out, bundle, family, acceleration, device=device)
     except ReconError as exc:
         _fail(exc)
     table = Table(title=f"demo: {family} mask at {acceleration:g}x, held-out Colin27 slices")

@@ -9,11 +9,13 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import BartNotFoundError
 from .masks import make_mask, write_mask_files
 from .metrics import all_metrics
 from .preview import image_grid
 from .reconstructors import RGANCS, Reconstructor, ZeroFilled
-from .sample_data import DEMO_BUNDLE, load_colin_slices, split_held_out
+from .reconstructors.bart_cs import BartCS
+from .sample_data import load_colin_slices, split_held_out
 from .simulate import simulate_problem, with_smooth_phase
 
 log = logging.getLogger(__name__)
@@ -33,13 +35,20 @@ class DemoRow:
 
 def run_demo(
     out: Path,
-    bundle: Path = DEMO_BUNDLE,
+    bundle: Path | None = None,
     family: str = "radial",
     acceleration: float = 5.0,
     seed: int = 0,
     device: str | None = None,
+    cs: bool = True,
 ) -> list[DemoRow]:
-    """Reconstruct the held-out sample slices with zero-filled and RGANCS; write PNG, mask and JSON to ``out``."""
+    """Reconstruct the held-out sample slices with zero-filled, RGANCS (``bundle``, default: the gadgets' bundle for
+    ``device``) and, with ``cs`` and BART installed, BART CS-Wavelet and CS-TV at their tuned lambdas; write PNG,
+    mask and JSON to ``out``. Without BART the CS rows are left out with a warning."""
+    if bundle is None:
+        from .pipeline import default_weights
+
+        bundle = default_weights(device or "auto")
     out.mkdir(parents=True, exist_ok=True)
     _, slices = split_held_out(load_colin_slices())
     mask_result = make_mask(family, slices.shape[1:], acceleration, seed=seed)
@@ -49,6 +58,11 @@ def run_demo(
         simulate_problem(with_smooth_phase(s, rng), mask_result.mask, meta={"slice": i}) for i, s in enumerate(slices)
     ]
     methods: list[Reconstructor] = [ZeroFilled(), RGANCS(bundle, device=device)]
+    if cs:
+        try:
+            methods += [BartCS("wavelet", workers=1), BartCS("tv", workers=1)]
+        except BartNotFoundError as exc:
+            log.warning("demo: CS-Wavelet and CS-TV left out: %s", exc)
     results = {m.name: m.reconstruct_batch(problems) for m in methods}
     rows: list[DemoRow] = []
     grid = []

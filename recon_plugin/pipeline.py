@@ -25,7 +25,7 @@ from .metrics import snr_db, ssim
 from .problem import Problem
 from .reconstructors import RGANCS, Reconstructor, Result, ZeroFilled
 from .reconstructors.bart_cs import BartCS
-from .sample_data import DEMO_BUNDLE, FULL_BUNDLE
+from .sample_data import DEFAULT_BUNDLE, DEFAULT_BUNDLES
 from .timings import RECON_STAGE, StageTimer, meta_name
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ class GadgetSettings:
     """A gadget's settings, read from the protocol's <property> elements."""
 
     method: str
-    weights: Path = DEMO_BUNDLE
+    weights: Path = DEFAULT_BUNDLE
     device: str = "auto"
     batch_size: int = 0  # 0: the device's default (RGANCS.default_batch_size)
     fast_path: str = "auto"
@@ -148,10 +148,10 @@ _RESIDENT: dict[tuple[str, str, int, str], Reconstructor] = {}
 
 
 def default_weights(device: str = "auto") -> Path:
-    """The bundle a gadget loads without a ``weights`` property: the paper's 10x1x128 model when it will run
-    on a CUDA GPU, the small CPU demo bundle otherwise (the full model takes about a second per slice on a CPU)."""
+    """The bundle a gadget loads without a ``weights`` property: :data:`DEFAULT_BUNDLES` for the device it will
+    run on (``auto``: CUDA when available). The choice is the model study's (docs/model_study.md)."""
     on_gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-    return FULL_BUNDLE if on_gpu and (FULL_BUNDLE / "bundle.json").is_file() else DEMO_BUNDLE
+    return DEFAULT_BUNDLES["cuda" if on_gpu else "cpu"]
 
 
 #: torch's intra-op threads when this module was imported: OMP_NUM_THREADS, else torch's own default (the cores).

@@ -10,9 +10,16 @@ from .errors import InvalidInputError
 
 SAMPLE_DIR = Path(__file__).resolve().parents[1] / "sample_data"
 COLIN_FILE = SAMPLE_DIR / "colin27_t1_axial.npz"
-DEMO_BUNDLE = SAMPLE_DIR / "weights" / "rgancs_demo_cpu"
-#: The paper's default architecture (10 copies x 1 block x 128 features, shared), trained on SIAT brain slices.
-FULL_BUNDLE = SAMPLE_DIR / "weights" / "rgancs_10x1x128_siat"
+WEIGHTS_DIR = SAMPLE_DIR / "weights"
+#: The shipped default (docs/model_study.md): 10x1x32 shared with cg data consistency, trained on scanner-like
+#: multi-coil data. The gadgets, ``recon-plugin demo``, ``recon-plugin bench`` and ``recon-train eval`` load it.
+DEFAULT_BUNDLE = WEIGHTS_DIR / "rgancs_cg_10x1x32_multicoil"
+#: Default bundle per device type. The same model on both: no GPU-trained model beats it yet (docs/model_study.md).
+DEFAULT_BUNDLES = {"cpu": DEFAULT_BUNDLE, "cuda": DEFAULT_BUNDLE}
+#: Demoted (loses to CS everywhere): a small single-coil model kept as a fast fixture for tests and examples.
+DEMO_BUNDLE = WEIGHTS_DIR / "rgancs_demo_cpu"
+#: Demoted (loses to CS everywhere): the paper's 10x1x128 architecture trained on single-coil SIAT slices.
+FULL_BUNDLE = WEIGHTS_DIR / "rgancs_10x1x128_siat"
 MATRIX = (208, 176)
 #: Slices kept out of training: the demo and the demo bundle's validation use them.
 HELD_OUT = (4, 11, 18, 25)

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from recon_plugin.bench import (
     MARK_END,
@@ -21,6 +22,7 @@ from recon_plugin.bench import (
 from recon_plugin.coils import bart_available
 from recon_plugin.errors import FastPathError
 from recon_plugin.model import ModelConfig
+from recon_plugin.reconstructors.fast_paths import default_fast_path
 from recon_plugin.sample_data import DEMO_BUNDLE
 
 
@@ -96,14 +98,38 @@ def test_quick_cli_prints_the_table_and_writes_json(tmp_path: Path) -> None:
 
     out = tmp_path / "bench.json"
     doc = tmp_path / "performance.md"
-    args = ["bench", "--quick", "--bundle", str(DEMO_BUNDLE), "--device", "cpu", "--no-bart"]
+    args = ["bench", "--quick", "--case", "64x48x4", "--bundle", str(DEMO_BUNDLE), "--device", "cpu", "--no-bart"]
     res = CliRunner().invoke(app, [*args, "--json", str(out), "--markdown", str(doc)])
     assert res.exit_code == 0, res.output
     data = json.loads(out.read_text())
     assert data["settings"]["quick"] is True and data["settings"]["batches"] == [1, 4]
-    assert {r["path"] for r in data["rows"] if r["method"] == "rgancs"} == {"fp32", "bf16", "channels_last"}
+    default = default_fast_path(torch.device("cpu")).name
+    assert {r["path"] for r in data["rows"] if r["method"] == "rgancs"} == {"fp32", default}
     assert data["cold_start_s"]["fp32"] > 0  # a fresh process really reconstructed a slice
     assert "bench: 10x1x32 on cpu" in res.output and MARK_START in doc.read_text()
+
+
+def test_quick_mode_times_the_256x256_8_coil_case_and_the_default_path() -> None:
+    from recon_plugin import bench
+
+    assert (Case(256, 256, 8),) == bench.QUICK_CASES
+    cpu = torch.device("cpu")
+    assert bench.default_paths(cpu, quick=True) == list(dict.fromkeys(["fp32", default_fast_path(cpu).name]))
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_cpu_bf16_paths_only_where_the_cpu_has_native_bf16(monkeypatch: pytest.MonkeyPatch, native: bool) -> None:
+    """bf16 is emulated (tens of times slower) on CPUs without AVX512-BF16/AMX: never timed or defaulted there."""
+    from recon_plugin import bench
+    from recon_plugin.reconstructors import fast_paths
+
+    monkeypatch.setattr(bench, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(fast_paths, "cpu_has_native_bf16", lambda: native)
+    cpu = torch.device("cpu")
+    full = bench.default_paths(cpu, quick=False)
+    assert any("bf16" in p for p in full) == native
+    assert ("bf16" in bench.default_fast_path(cpu).name) == native
+    assert all("bf16" not in p for p in bench.default_paths(cpu, quick=True)) or native
 
 
 def test_cli_rejects_a_bad_case() -> None:

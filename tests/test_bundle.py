@@ -124,7 +124,7 @@ def test_shipped_bundles_load_and_verify():
     from pathlib import Path
 
     folders = sorted((Path(__file__).resolve().parents[1] / "sample_data" / "weights").iterdir())
-    assert {f.name for f in folders} >= {"rgancs_demo_cpu", "rgancs_siat_cpu"}
+    assert {f.name for f in folders} >= {"rgancs_demo_cpu", "rgancs_cg_10x1x32_multicoil"}
     for folder in folders:
         bundle = load_bundle(folder)
         assert bundle.sha256 == sha256_file(folder / "weights.safetensors")

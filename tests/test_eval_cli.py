@@ -277,3 +277,16 @@ def test_rank3_kspace_is_read_as_images_with_a_warning(files, tmp_path, capsys, 
     with caplog.at_level("WARNING", logger="training.evaluate"):
         evaluate(files, tmp_path, capsys, "--data", str(files["images"]), "--slices", "0:1", *args[2:])
     assert "looks like k-space" not in caplog.text
+
+
+def test_slices_take_an_optional_step() -> None:
+    from recon_plugin.errors import InvalidInputError
+    from training.evaluate import EmptyDatasetError, parse_slices
+
+    assert list(parse_slices("140:160:4", 160)) == [140, 144, 148, 152, 156]
+    assert list(parse_slices("2:5", 10)) == [2, 3, 4] and list(parse_slices(":3:", 10)) == [0, 1, 2]
+    for bad in ("1:2:0", "1:2:3:4", "a:b", "1:20"):
+        with pytest.raises(InvalidInputError):
+            parse_slices(bad, 10)
+    with pytest.raises(EmptyDatasetError):
+        parse_slices("5:5", 10)

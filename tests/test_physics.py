@@ -51,6 +51,19 @@ def test_numpy_and_torch_fft_agree(rng):
     assert np.allclose(ifft2c(x), ifft2c(t(x)).numpy(), atol=1e-5)
 
 
+@pytest.mark.parametrize("shape", [(2, 16, 24), (2, 18, 22), (1, 4, 32, 30), (2, 15, 24), (2, 16, 9)])
+def test_torch_fft_matches_the_shift_definition(rng, shape):
+    """Even sizes use a checkerboard instead of rolls (both (-1)^(N/2) cases); odd sizes roll; same numbers."""
+    x = t(crandn(rng, *shape))
+    dims = (-2, -1)
+    want = torch.fft.fftshift(torch.fft.fftn(torch.fft.ifftshift(x, dim=dims), dim=dims, norm="ortho"), dim=dims)
+    want_inv = torch.fft.fftshift(torch.fft.ifftn(torch.fft.ifftshift(x, dim=dims), dim=dims, norm="ortho"), dim=dims)
+    assert torch.allclose(fft2c(x), want, atol=1e-5)
+    assert torch.allclose(ifft2c(x), want_inv, atol=1e-5)
+    x64 = x.to(torch.complex128)
+    assert fft2c(x64).dtype == torch.complex128 and torch.allclose(fft2c(x64), want.to(torch.complex128), atol=1e-5)
+
+
 @pytest.mark.parametrize("coils", [1, 8])
 @pytest.mark.parametrize("batched_mask", [False, True])
 def test_sense_adjoint(rng, coils, batched_mask):

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from recon_plugin.errors import ProtocolError
 from recon_plugin.images import SERIES_INDEX
+from recon_plugin.model import load_bundle
 from recon_plugin.pipeline import GadgetSettings, build_reconstructor
 
 
@@ -65,11 +67,26 @@ def test_models_stay_resident():
 
 def test_default_weights_follow_the_device():
     from recon_plugin.pipeline import default_weights
-    from recon_plugin.sample_data import DEMO_BUNDLE, FULL_BUNDLE
+    from recon_plugin.sample_data import DEFAULT_BUNDLES
 
-    assert default_weights("cpu") == DEMO_BUNDLE
-    assert default_weights("cuda") == (FULL_BUNDLE if (FULL_BUNDLE / "bundle.json").is_file() else DEMO_BUNDLE)
-    assert GadgetSettings.from_properties("rgancs", {"device": "cpu"}).weights == DEMO_BUNDLE
+    assert default_weights("cpu") == DEFAULT_BUNDLES["cpu"]
+    assert default_weights("cuda") == default_weights("cuda:1") == DEFAULT_BUNDLES["cuda"]
+    auto = DEFAULT_BUNDLES["cuda" if torch.cuda.is_available() else "cpu"]
+    assert default_weights("auto") == auto
+    assert GadgetSettings.from_properties("rgancs", {"device": "cpu"}).weights == DEFAULT_BUNDLES["cpu"]
+    assert GadgetSettings.from_properties("rgancs", {}).weights == auto
+
+
+def test_default_bundles_load_and_are_the_multicoil_cg_model():
+    """The shipped defaults exist, verify, and are the study's pick: cg data consistency for multi-coil data."""
+    from recon_plugin.sample_data import DEFAULT_BUNDLES
+
+    for device, folder in DEFAULT_BUNDLES.items():
+        bundle = load_bundle(folder)
+        assert bundle.model.config.data_consistency == "cg", device
+        assert (folder / "MODEL_CARD.md").is_file(), device
+        card = (folder / "MODEL_CARD.md").read_text()
+        assert "cs_wavelet" in card.lower() or "CS-WV" in card, device
 
 
 def test_fast_path_property_reaches_the_reconstructor():

@@ -197,6 +197,32 @@ def test_mismatched_resume_is_refused(tmp_path: Path, slices_path: Path) -> None
         no_gan.resume(tmp_path / "nowhere")
 
 
+def test_init_weights_start_from_a_bundle_and_must_match(tmp_path: Path, slices_path: Path) -> None:
+    """run.init_weights fine-tunes: the model starts at the bundle's weights; another architecture is refused."""
+    no_gan = {"lambda_gan": 0.0}
+    short = {"validate_every": 0}
+    first = Trainer(make_config(slices_path, tmp_path / "a", loss=no_gan, optim={"steps": 2}, run=short))
+    first.fit()
+    bundle = tmp_path / "a" / "bundle"
+    tuned = Trainer(make_config(slices_path, tmp_path / "b", loss=no_gan, run={"init_weights": str(bundle)}))
+    fresh = Trainer(make_config(slices_path, tmp_path / "c", loss=no_gan))
+    want = load_bundle(bundle).model.state_dict()
+    for name, value in tuned.model.state_dict().items():
+        assert torch.equal(value, want[name]), name
+    assert any(not torch.equal(v, want[k]) for k, v in fresh.model.state_dict().items())
+    assert tuned.step == 0  # a new run: step, optimiser and schedule start afresh
+    with pytest.raises(CheckpointError, match="features: bundle 8, run 4"):
+        Trainer(make_config(slices_path, tmp_path / "d", model={"features": 4}, run={"init_weights": str(bundle)}))
+    with pytest.raises(CheckpointError, match=r"run\.init_weights: no model bundle"):
+        Trainer(make_config(slices_path, tmp_path / "e", run={"init_weights": str(tmp_path / "nowhere")}))
+
+
+def test_init_weights_path_is_relative_to_the_config_file(tmp_path: Path) -> None:
+    raw = {"data": {"path": "s.npy"}, "run": {"out": "run", "init_weights": "../weights/b"}}
+    cfg = config_from_dict(raw, base_dir=tmp_path / "configs")
+    assert cfg.run.init_weights == str(tmp_path / "configs" / "../weights/b")
+
+
 # ---------------------------------------------------------------- end to end
 def test_fit_writes_bundle_and_log(tmp_path: Path, slices_path: Path) -> None:
     cfg = make_config(

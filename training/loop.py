@@ -35,8 +35,8 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from recon_plugin.metrics import snr_db, ssim
 from recon_plugin.errors import BundleError
+from recon_plugin.metrics import snr_db, ssim
 from recon_plugin.model import Discriminator, RecurrentProximalNet, load_bundle, save_bundle
 from recon_plugin.model.precision import FullPrecisionOperator
 from recon_plugin.physics import SenseOperator, SuperResolutionOperator, complex_to_channels

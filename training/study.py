@@ -156,7 +156,8 @@ def parse_study(raw: dict[str, Any], base_dir: Path) -> Study:
             raise _fail(f"eval {i + 1} must be a table")
         bad = sorted(set(e) - _EVAL_KEYS)
         if bad:
-            raise _fail(f"eval {e.get('name', i + 1)}: unknown key {', '.join(bad)}; known: {', '.join(sorted(_EVAL_KEYS))}")
+            known = ", ".join(sorted(_EVAL_KEYS))
+            raise _fail(f"eval {e.get('name', i + 1)}: unknown key {', '.join(bad)}; known: {known}")
         if "name" not in e or "data" not in e:
             raise _fail(f"eval {i + 1} needs a name and data")
         spec = EvalSpec(**e)
@@ -394,7 +395,7 @@ def markdown_table(result: dict[str, Any]) -> str:
     lines.append(
         f"ms/slice: RGANCS on a simulated {result['timing_case']} slice with the default fast path of this device; "
         "* baselines: mean seconds per slice of the evaluations themselves (BART, tuned lambda, 300 iterations). "
-        f"Ranked on \"{result['primary']}\"; front = no other variant is both faster and better there."
+        f'Ranked on "{result["primary"]}"; front = no other variant is both faster and better there.'
     )
     return "\n".join(lines)
 
@@ -419,8 +420,13 @@ def plot_front(result: dict[str, Any], path: str | Path) -> Path:
                     continue
                 marker = "*" if r["name"] == result["pick"] else "o"
                 ax.scatter(r["ms_per_slice"], entry["snr_db"], marker=marker, s=80 if marker == "*" else 30)
-                ax.annotate(r["name"], (r["ms_per_slice"], entry["snr_db"]), fontsize=7, xytext=(3, 3),
-                            textcoords="offset points")
+                ax.annotate(
+                    r["name"],
+                    (r["ms_per_slice"], entry["snr_db"]),
+                    fontsize=7,
+                    xytext=(3, 3),
+                    textcoords="offset points",
+                )
             for name, style in (("cs_wavelet", "tab:red"), ("cs_tv", "tab:purple"), ("zero_filled", "grey")):
                 mean = e["baselines"].get(name)
                 if mean:
@@ -433,7 +439,7 @@ def plot_front(result: dict[str, Any], path: str | Path) -> Path:
             ax.set_title(e["name"], fontsize=9)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
-        for ax in list(axes.flat)[len(evals):]:
+        for ax in list(axes.flat)[len(evals) :]:
             ax.axis("off")
         fig.tight_layout()
         fig.savefig(path)
@@ -470,9 +476,7 @@ def run_study(study: Study) -> dict[str, Any]:
     }
     for spec in study.evals:
         b = baselines(study, spec)
-        result["evals"].append(
-            {"name": spec.name, "settings": b["settings"], "baselines": _means(b)}
-        )
+        result["evals"].append({"name": spec.name, "settings": b["settings"], "baselines": _means(b)})
     for v in study.variants:
         known = previous.get(v.name)
         row = known if known and set(known.get("evals", {})) >= {e.name for e in study.evals} else run_variant(study, v)
