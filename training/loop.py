@@ -60,6 +60,9 @@ from .sources import build_sources
 
 log = logging.getLogger(__name__)
 
+#: Model settings without weights of their own: a fine-tuning run (``run.init_weights``) may change them.
+SOLVER_SETTINGS = frozenset({"cg_iterations", "init_iterations", "cg_lambda"})
+
 CSV_NAME = "log.csv"
 CSV_FIELDS = (
     "step",
@@ -170,14 +173,19 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup helpers
     def _load_initial_weights(self, path: str) -> None:
-        """Start from a bundle's weights; its architecture must be this run's ``[model]``."""
+        """Start from a bundle's weights; its architecture must be this run's ``[model]`` (the solver settings in
+        :data:`SOLVER_SETTINGS` may differ: they hold no weights)."""
         try:
             bundle = load_bundle(path)
         except BundleError as exc:
             raise CheckpointError(f"run.init_weights: {exc}") from exc
         ours = asdict(self.config.model)
         theirs = bundle.sidecar["model"]
-        diffs = [f"{k}: bundle {theirs.get(k)!r}, run {v!r}" for k, v in ours.items() if theirs.get(k, v) != v]
+        diffs = [
+            f"{k}: bundle {theirs.get(k)!r}, run {v!r}"
+            for k, v in ours.items()
+            if theirs.get(k, v) != v and k not in SOLVER_SETTINGS
+        ]
         if diffs:
             raise CheckpointError(f"run.init_weights {path} has another architecture: {'; '.join(diffs)}")
         self.model.load_state_dict(bundle.model.state_dict(), strict=True)
