@@ -11,10 +11,26 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from . import __version__
 from .errors import ReconError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="RGANCS MRI reconstruction plugin.")
 console = Console()
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"recon-plugin {__version__} (rgancs-recon-plugin)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version and exit")
+    ] = False,
+) -> None:
+    """RGANCS MRI reconstruction plugin."""
 
 
 def _fail(exc: ReconError) -> None:
@@ -220,9 +236,11 @@ def bundle_info(bundle: Annotated[Path, typer.Argument(help="bundle folder")]) -
 
 
 from .bench_cli import bench  # noqa: E402
+from .client_cli import client  # noqa: E402
 from .review.cli import review_app  # noqa: E402
 
 app.command()(bench)
+app.command()(client)
 app.add_typer(review_app, name="review", help="Blinded reader study of paired outputs, and the side-by-side report.")
 
 

@@ -4,20 +4,28 @@ Sends the configuration (id 1 + char[1024] name, or id 2 + uint32 length + XML t
 (id 3 + uint32 length + XML), the acquisitions (1008) and waveforms (1026), then CLOSE (4), while a
 reader thread collects images (1022), ERROR (8, uint64 length + text), TEXT (5, uint32 length + text)
 until the server's CLOSE. Every socket wait is bounded by ``timeout`` seconds of silence.
+
+Output files take the layout of python-ismrmrd-server's ``client.py`` and ``gadgetron_ismrmrd_client``:
+``<group>/xml`` and ``<group>/image_<series>``, one group per run (:func:`write_output`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import logging
+import os
 import socket
 import struct
+import tempfile
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import h5py
 import ismrmrd
 
 from .errors import StreamTimeoutError
@@ -52,7 +60,8 @@ class ClientResult:
     """What the server sent back: images (arrival order), ERROR texts, TEXT messages.
 
     ``closed`` is True when the server ended the stream with CLOSE; ``problem`` says why not (or
-    what failed on this side); ``output`` is the image file written, if any.
+    what failed on this side), ``timed_out`` whether that was a silent server; ``output`` is the image
+    file written, if any, and ``output_group`` its group.
     """
 
     images: list[ismrmrd.Image] = field(default_factory=list)
@@ -60,9 +69,11 @@ class ClientResult:
     texts: list[str] = field(default_factory=list)
     closed: bool = False
     problem: str | None = None
+    timed_out: bool = False
     sent: int = 0
     seconds: float = 0.0
     output: Path | None = None
+    output_group: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -75,6 +86,27 @@ class ClientResult:
         for image in self.images:
             groups.setdefault(int(image.image_series_index), []).append(image)
         return groups
+
+    def series_summary(self) -> list[dict[str, Any]]:
+        """Per series (ascending): image count, matrix [x, y, z], channels, pixel type and ``Method`` meta if any."""
+        rows = []
+        for series, images in sorted(self.by_series().items()):
+            first = images[0]
+            try:
+                method = first.meta.get("Method")
+            except Exception:  # attributes that are not ISMRMRD meta XML: no method to report
+                method = None
+            rows.append(
+                {
+                    "series": series,
+                    "images": len(images),
+                    "matrix": [int(v) for v in first.matrix_size],
+                    "channels": int(first.channels),
+                    "dtype": str(first.data.dtype),
+                    "method": method,
+                }
+            )
+        return rows
 
 
 def config_name_message(name: str) -> bytes:
@@ -152,6 +184,7 @@ def receive_replies(sock: socket.socket, result: ClientResult, activity: list[fl
     except _ServerClosedError:
         result.problem = "the server closed the connection without CLOSE"
     except TimeoutError:
+        result.timed_out = True
         result.problem = "the server sent nothing within the timeout"
     except OSError as exc:
         result.problem = f"reading from the server failed: {exc}"
@@ -237,21 +270,89 @@ def stream_file(
     config_xml: str | bytes | None = None,
     timeout: float = DEFAULT_TIMEOUT,
     output_h5: str | Path | None = None,
+    output_group: str | None = None,
+    input_group: str = "dataset",
     waveforms: bool = True,
 ) -> ClientResult:
     """Stream an ISMRMRD raw file (acquisitions, then waveforms) to an MRD server; see :func:`stream`.
 
-    With ``output_h5`` the images that came back are written there (``write_images``, by series),
-    also after a failed stream when some arrived.
+    With ``output_h5`` the images that came back are written there, also after a failed stream when
+    some arrived: with ``output_group`` as a new group of that file (:func:`write_output`), else as the
+    whole file in group ``dataset`` (``write_images``, replacing the file). ``input_group`` is the
+    raw file's group.
 
     Raises:
-        IsmrmrdFormatError: the input file is not ISMRMRD raw data.
+        IsmrmrdFormatError: the input file is not ISMRMRD raw data, or a series mixes image shapes.
+        FileExistsError: ``output_group`` is already in ``output_h5`` (checked before streaming too).
+        OSError: the connection was refused, or the output file could not be written.
     """
-    raw = read_raw(input_h5)
+    raw = read_raw(input_h5, input_group)
+    if output_h5 is not None and output_group is not None:
+        check_output_group(output_h5, output_group)
     messages: list[Message] = [*raw.acquisitions, *(raw.waveforms if waveforms else [])]
     result = stream(
         raw.header_xml, messages, host, port, config_name=config_name, config_xml=config_xml, timeout=timeout
     )
     if output_h5 is not None and result.images:
-        result.output = write_images(output_h5, result.by_series(), raw.header_xml)
+        if output_group is None:
+            result.output = write_images(output_h5, result.by_series(), raw.header_xml)
+            result.output_group = "dataset"
+        else:
+            result.output = write_output(output_h5, result.by_series(), raw.header_xml, output_group)
+            result.output_group = output_group
     return result
+
+
+def default_output_group() -> str:
+    """The date and time, e.g. ``2025-01-31 14:05:09.123456``: the group name the reference MRD clients default to."""
+    return str(datetime.datetime.now())
+
+
+def check_output_group(path: str | Path, group: str) -> None:
+    """Refuse an output group that is empty, or already in ``path``.
+
+    Raises:
+        ValueError: ``group`` is empty or starts with ``/``.
+        FileExistsError: ``path`` already holds ``group``.
+        OSError: ``path`` exists but is not a readable HDF5 file.
+    """
+    if not group.strip() or group.startswith("/"):
+        raise ValueError(f"output group {group!r}: give a non-empty name without a leading '/'")
+    path = Path(path)
+    if not path.exists():
+        return
+    try:
+        with h5py.File(path, "r") as h5:
+            taken = group in h5
+    except OSError as exc:
+        raise OSError(f"{path} exists but is not a readable HDF5 file ({exc})") from exc
+    if taken:
+        raise FileExistsError(f"{path} already holds group '{group}': choose another output group or file")
+
+
+def write_output(
+    path: str | Path, images_by_series: Mapping[int, Sequence[ismrmrd.Image]], header_xml: bytes, group: str
+) -> Path:
+    """Add ``group`` (``<group>/xml`` and ``<group>/image_<series>``) to an ISMRMRD file, creating the file if needed.
+
+    Other groups of an existing file are kept, as the reference MRD clients append each run to their
+    output file. The group is written completely in a temporary file first, then copied in.
+
+    Raises:
+        FileExistsError: ``path`` already holds ``group``.
+        IsmrmrdFormatError: a series mixes image shapes or data types.
+    """
+    path = Path(path)
+    check_output_group(path, group)
+    if not path.exists():
+        return write_images(path, images_by_series, header_xml, dataset_name=group)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    os.close(fd)
+    part = Path(name)
+    try:
+        write_images(part, images_by_series, header_xml, dataset_name=group)
+        with h5py.File(part, "r") as source, h5py.File(path, "a") as target:
+            source.copy(source[group], target, name=group)
+    finally:
+        part.unlink(missing_ok=True)
+    return path

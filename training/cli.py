@@ -31,8 +31,20 @@ DEMO_NOTES = (
 )
 
 
+def _version(value: bool) -> None:
+    if value:
+        from recon_plugin import __version__
+
+        typer.echo(f"recon-train {__version__} (rgancs-recon-plugin)")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version and exit")
+    ] = False,
+) -> None:
     """Train RGANCS model bundles."""
 
 
