@@ -2,7 +2,7 @@
 
 Every key is checked before training starts: an unknown key or an impossible
 value raises :class:`TrainingConfigError` naming ``[section].key``. Relative
-paths (``data.path``, ``data.paths``, ``run.out``) are resolved against the TOML
+paths (``data.path``, ``data.paths``, ``data.val_path``, ``run.out``) are resolved against the TOML
 file's folder. Whether the data exist is checked when the Trainer is built, not here.
 
 ``[data] kind``:
@@ -19,6 +19,11 @@ file's folder. Whether the data exist is checked when the Trainer is built, not 
   by SIAT blocks (``train_blocks``/``val_blocks``, 10 slices each) or by ``val_fraction``.
 - ``"raw"``: fully sampled ISMRMRD files, ``paths`` (a list) or ``path`` (a file or a glob);
   every assembled slice is one example, split like "images" (ranges or ``val_fraction``).
+- ``"fastmri"``: fully sampled fastMRI HDF5 files (top-level ``kspace``, see training.datasets.fastmri),
+  ``paths`` (a list) or ``path`` (a file, a folder of .h5 files or a glob); every slice of every file is one
+  example, built like "raw" (retrospective masks, ESPIRiT maps of the fully sampled slice). Split like "raw"
+  (ranges over the slices of the files in order, or ``val_fraction``), or by files: ``val_path`` (a file, folder
+  or glob) holds the validation files and every slice of ``path``/``paths`` trains.
 - ``"sr"``: ``path`` is a folder of PNG/JPG images; random ``crop`` x ``crop`` grayscale crops
   (default 128), ``sr_kernel`` x ``sr_kernel`` block average, network input = ``sr_steps``
   gradient steps of ``sr_step``. Needs ``[model] channels = 1, output_activation = "sigmoid"``.
@@ -38,7 +43,9 @@ from recon_plugin.model import ModelConfig
 from .errors import TrainingConfigError
 
 MASK_FAMILIES = ("radial", "poisson", "lines", "uniform")
-DATA_KINDS = ("images", "raw", "sr")
+DATA_KINDS = ("images", "raw", "fastmri", "sr")
+#: Kinds whose files may be listed in ``paths``.
+FILE_KINDS = ("raw", "fastmri")
 SCHEDULES = ("none", "cosine")
 DEVICES = ("auto", "cpu", "cuda")
 SIMULATIONS = ("simple", "scanner")
@@ -55,6 +62,7 @@ class DataConfig:
     kind: str = "images"
     path: str = ""
     paths: list[str] | None = None
+    val_path: str = ""
     train_range: list[int] | None = None
     val_range: list[int] | None = None
     train_blocks: list[int] | None = None
@@ -90,11 +98,20 @@ class DataConfig:
         self._check_scanner()
         if self.kind not in DATA_KINDS:
             raise _fail(s, "kind", f"{self.kind!r} is not supported; use one of {', '.join(DATA_KINDS)}")
-        if not self.path and not (self.kind == "raw" and self.paths):
-            what = {"images": "a .npy or NIfTI file of slices", "raw": "raw files (or give paths)", "sr": "a folder"}
+        if not self.path and not (self.kind in FILE_KINDS and self.paths):
+            what = {
+                "images": "a .npy or NIfTI file of slices",
+                "raw": "raw files (or give paths)",
+                "fastmri": "fastMRI .h5 files: a file, folder or glob (or give paths)",
+                "sr": "a folder",
+            }
             raise _fail(s, "path", f"{what[self.kind]} is required")
-        if self.paths is not None and self.kind != "raw":
-            raise _fail(s, "paths", 'only used with kind = "raw"; give path instead')
+        if self.paths is not None and self.kind not in FILE_KINDS:
+            raise _fail(s, "paths", 'only used with kind = "raw" or "fastmri"; give path instead')
+        if self.val_path and self.kind != "fastmri":
+            raise _fail(s, "val_path", 'only used with kind = "fastmri"; split by train_range/val_range')
+        if self.val_path and (self.train_range is not None or self.val_range is not None):
+            raise _fail(s, "val_path", "give val_path (validation files) or train_range/val_range, not both")
         for key in ("train_range", "val_range"):
             rng = getattr(self, key)
             if rng is not None and (len(rng) != 2 or rng[0] < 0 or rng[1] <= rng[0]):
@@ -378,6 +395,8 @@ def config_from_dict(raw: dict[str, Any], base_dir: str | Path | None = None) ->
             config.data.path = str(base / config.data.path)
         if config.data.paths:
             config.data.paths = [p if Path(p).is_absolute() else str(base / p) for p in config.data.paths]
+        if config.data.val_path and not Path(config.data.val_path).is_absolute():
+            config.data.val_path = str(base / config.data.val_path)
         if config.data.coil_kspace:
             config.data.coil_kspace = [p if Path(p).is_absolute() else str(base / p) for p in config.data.coil_kspace]
         if not Path(config.run.out).is_absolute():

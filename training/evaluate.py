@@ -14,6 +14,13 @@ every method, SNR/SSIM/seconds per method and slice.
   :data:`~recon_plugin.evaluation.MULTICOIL_SLICES` when the folder holds all three, else every file.
 * ``ismrmrd``: a folder of (or one) fully sampled ISMRMRD raw HDF5 file(s), assembled by the scanner's own
   ``Assembler`` (prewhitening, readout oversampling removed); every assembled problem is a slice.
+* ``fastmri``: a folder of (or one) fastMRI HDF5 file(s): a top-level ``kspace`` dataset, fully sampled
+  ``[slices, coils, rows, cols]`` or single-coil ``[slices, rows, cols]``, optional ``ismrmrd_header``
+  (:mod:`training.datasets.fastmri`: read one slice at a time; with a header the readout is put along the columns
+  and its oversampling removed as the ``Assembler`` does, without one the data are taken as ``[ky, kx]``). Every
+  slice of every file is a slice, labelled ``<stem>/slice_<index>``.
+
+HDF5 files are told apart by content: ISMRMRD raw has a ``dataset`` group, fastMRI a top-level ``kspace``.
 
 For k-space kinds the maps come from the undersampled problem's calibration region (ESPIRiT, as on the scanner),
 and the reference is the fully sampled k-space combined with them. Slice ``i`` of the selection gets
@@ -45,6 +52,7 @@ from recon_plugin.physics import check_finite
 from recon_plugin.reconstructors import Reconstructor
 
 from .datasets.base import EmptyDatasetError, ImageTooSmallError, NotFullySampledError, UnreadableImageError
+from .datasets.fastmri import FastMRIFile, hdf5_kind
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +134,7 @@ def _is_hdf5(path: Path) -> bool:
 
 def _load_npy(path: Path) -> np.ndarray:
     if _magic(path)[:6] != _NPY_MAGIC:
-        raise UnreadableImageError(f"{path} is neither a .npy array nor an ISMRMRD HDF5 file")
+        raise UnreadableImageError(f"{path} is neither a .npy array nor an HDF5 file (ISMRMRD raw or fastMRI)")
     try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
@@ -185,18 +193,23 @@ def open_data(path: str | Path, names: list[str] | None = None) -> EvalData:
         raise UnreadableImageError(f"{path} does not exist")
     if path.is_dir():
         folder = path / "multicoil_kspace" if (path / "multicoil_kspace").is_dir() else path
-        raw = [p for p in sorted(folder.iterdir()) if p.is_file() and _is_hdf5(p)]
-        if raw:
+        h5 = [p for p in sorted(folder.iterdir()) if p.is_file() and _is_hdf5(p)]
+        if h5:
             if names is not None:
-                raise InvalidInputError("--names picks *_kspace.npy files; use --slices for ISMRMRD raw folders")
-            return _open_raw(path, raw)
+                raise InvalidInputError("--names picks *_kspace.npy files; use --slices for folders of .h5 files")
+            return _open_hdf5_folder(path, h5)
         if any(folder.glob("*_kspace.npy")):
             return _open_kspace_folder(path, _kspace_files(folder, names))
-        raise UnreadableImageError(f"{path} holds no ISMRMRD .h5 file and no *_kspace.npy file")
+        raise UnreadableImageError(f"{path} holds no ISMRMRD or fastMRI .h5 file and no *_kspace.npy file")
     if names is not None:
         raise InvalidInputError("--names picks files of a folder of *_kspace.npy; --data is one file")
     if _is_hdf5(path):
-        return _open_raw(path, [path])
+        kind = hdf5_kind(path)
+        if kind is None:
+            raise UnreadableImageError(
+                f"{path} is HDF5 but neither ISMRMRD raw (no 'dataset' group) nor fastMRI (no 'kspace' dataset)"
+            )
+        return _open_fastmri(path, [path]) if kind == "fastmri" else _open_raw(path, [path])
     arr = _load_npy(path)
     labels = [f"slice_{i}" for i in range(len(arr))]
     if arr.ndim == 3:
@@ -233,6 +246,34 @@ def _open_raw(path: Path, files: list[Path]) -> EvalData:
         entries += [(f"{f.stem}/{j}", s.problem.kspace) for j, s in enumerate(slices)]
     log.info("assembled %d slices from %d raw file(s)", len(entries), len(files))
     return EvalData(path, "ismrmrd", [n for n, _ in entries], lambda i: _kspace_slice(*entries[i]))
+
+
+def _open_hdf5_folder(path: Path, files: list[Path]) -> EvalData:
+    """fastMRI when any file has a top-level ``kspace`` (then no ISMRMRD raw file may be there), else ISMRMRD raw."""
+    kinds = {}
+    for f in files:
+        try:
+            kinds[f] = hdf5_kind(f)
+        except UnreadableImageError:
+            kinds[f] = None  # named by the reader of the folder's kind
+    if "fastmri" not in kinds.values():
+        return _open_raw(path, files)
+    raw = [f.name for f, k in kinds.items() if k == "ismrmrd"]
+    if raw:
+        raise InvalidInputError(f"{path} mixes fastMRI and ISMRMRD raw files ({', '.join(raw)}); use one kind")
+    return _open_fastmri(path, files)
+
+
+def _open_fastmri(path: Path, files: list[Path]) -> EvalData:
+    opened = [FastMRIFile.open(f) for f in files]
+    entries = [(f, j) for f in opened for j in range(f.slices)]
+    log.info("%d slices in %d fastMRI file(s)", len(entries), len(opened))
+
+    def load(i: int) -> SourceSlice:
+        f, j = entries[i]
+        return _checked(f.label(j), f.read(j), "k-space")
+
+    return EvalData(path, "fastmri", [f.label(j) for f, j in entries], load)
 
 
 def looks_like_kspace(x: np.ndarray) -> bool:

@@ -1,7 +1,8 @@
 """Build the training data source and the fixed validation batches from ``[data]`` of a TrainConfig.
 
 ``kind = "images"`` -> :class:`~training.datasets.ImageArraySlices`, ``"raw"`` ->
-:class:`~training.datasets.RawFileSlices`, ``"sr"`` -> :class:`~training.datasets.ImageFolderSR`.
+:class:`~training.datasets.RawFileSlices`, ``"fastmri"`` -> :class:`~training.datasets.FastMRISlices`,
+``"sr"`` -> :class:`~training.datasets.ImageFolderSR`.
 Every source exposes ``sample(batch_size)``, ``batch(indices)`` and ``rng`` (checkpointed).
 Missing or unreadable data raise :class:`TrainingConfigError` naming ``[data].path``.
 """
@@ -21,7 +22,15 @@ from recon_plugin.errors import InvalidInputError
 
 from .config import DataConfig, TrainConfig
 from .data import Batch
-from .datasets import ImageArraySlices, ImageFolderSR, RawFileSlices, SRBatch, load_slices, siat_blocks
+from .datasets import (
+    FastMRISlices,
+    ImageArraySlices,
+    ImageFolderSR,
+    RawFileSlices,
+    SRBatch,
+    load_slices,
+    siat_blocks,
+)
 from .datasets.base import DatasetError
 from .datasets.scanner_sim import CoilModel, ScannerSimulation, parse_mixture, real_maps_from_kspace
 from .errors import TrainingConfigError
@@ -31,7 +40,7 @@ VAL_CHUNK = 8
 #: Default super-resolution crop (the paper's 128x128 faces).
 SR_CROP = 128
 
-Source = ImageArraySlices | RawFileSlices | ImageFolderSR
+Source = ImageArraySlices | RawFileSlices | FastMRISlices | ImageFolderSR
 
 
 @dataclass
@@ -96,6 +105,16 @@ def _subset(source: Any, attr: str, keep: np.ndarray, seed: int) -> Any:
 
 def _chunks(n: int) -> list[list[int]]:
     return [list(range(i, min(i + VAL_CHUNK, n))) for i in range(0, n, VAL_CHUNK)]
+
+
+def _val_chunks(val: Any, n: int) -> list[list[int]]:
+    """Validation batches of at most VAL_CHUNK; for file sources, one (coils, matrix) per batch."""
+    if not hasattr(val, "shape_key"):
+        return _chunks(n)
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i in range(n):
+        groups.setdefault(val.shape_key(i), []).append(i)
+    return [g[i : i + VAL_CHUNK] for g in groups.values() for i in range(0, len(g), VAL_CHUNK)]
 
 
 def scanner_simulation(d: DataConfig) -> ScannerSimulation | None:
@@ -190,6 +209,30 @@ def _build(config: TrainConfig, seed: int, val_seed: int) -> Sources:
             coils=first.coils,
             simulation="measured fully sampled k-space, retrospective masks",
         )
+    elif d.kind == "fastmri":
+        masks = {"mask_family": d.mask_family, "acceleration": d.acceleration, "percentile": d.percentile}
+        full = FastMRISlices(_raw_files(d), per_sample_masks=d.per_sample_masks, seed=seed, **masks)
+        if d.val_path:
+            train, train_idx = full, np.arange(len(full))
+            val = FastMRISlices(d.val_path, per_sample_masks=False, seed=val_seed, **masks)
+            val_idx = np.arange(len(val))
+        else:
+            train_idx, val_idx = _split(len(full), d)
+            train = _subset(full, "slices", train_idx, seed)
+            val = _subset(full, "slices", val_idx, val_seed)
+            val.per_sample_masks, val.seed = False, val_seed
+        files = list(dict.fromkeys(s.file for s in full.slices))
+        val_files = list(dict.fromkeys(s.file for s in val.slices)) if d.val_path else []
+        summary.update(
+            source=[f.path.name for f in files],
+            matrix=list(full.shape_key(0)[1:]),
+            complex=True,
+            coils=full.shape_key(0)[0],
+            simulation="measured fully sampled fastMRI k-space, retrospective masks"
+            + (", readout oversampling removed" if any(f.readout for f in files) else ""),
+        )
+        if val_files:
+            summary.update(validation_source=[f.path.name for f in val_files])
     else:
         crop = d.crop or SR_CROP
         full = ImageFolderSR(d.path, crop=crop, kernel=d.sr_kernel, steps=d.sr_steps, step=d.sr_step, seed=seed)
@@ -208,13 +251,13 @@ def _build(config: TrainConfig, seed: int, val_seed: int) -> Sources:
     summary.update(train_slices=len(train_idx), validation_slices=len(val_idx))
     if d.train_blocks is not None:
         summary.update(train_blocks=list(d.train_blocks), validation_blocks=list(d.val_blocks or []))
-    elif train_idx.size and val_idx.size:
+    elif train_idx.size and val_idx.size and not d.val_path:
         summary.update(
             train_range=[int(train_idx[0]), int(train_idx[-1]) + 1],
             validation_range=[int(val_idx[0]), int(val_idx[-1]) + 1],
         )
     # Fixed validation examples, built once: validation never touches a training RNG.
-    val_batches = [val.batch(chunk) for chunk in _chunks(len(val_idx))]
+    val_batches = [val.batch(chunk) for chunk in _val_chunks(val, len(val_idx))]
     return Sources(train=train, val_batches=val_batches, summary=summary)
 
 

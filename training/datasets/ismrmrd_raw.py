@@ -94,15 +94,27 @@ class RawFileSlices:
         if not paths:
             raise EmptyDatasetError("no raw file given")
         self.slices: list[RawSlice] = [s for p in paths for s in assemble_file(p, calib_width)]
+        self._setup(mask_family, acceleration, per_sample_masks, seed, calib, percentile)
+        log.info("%d training slices from %d raw file(s)", len(self.slices), len(paths))
+
+    def _setup(
+        self,
+        mask_family: str | None,
+        acceleration: float,
+        per_sample_masks: bool,
+        seed: int,
+        calib: int,
+        percentile: float,
+    ) -> None:
+        """Mask settings, RNG and empty caches, once ``self.slices`` is set (EmptyDatasetError when empty)."""
         if not self.slices:
-            raise EmptyDatasetError("the raw files hold no slice")
+            raise EmptyDatasetError("the files hold no slice")
         self.mask_family, self.acceleration, self.calib = mask_family, acceleration, calib
         self.per_sample_masks, self.percentile, self.seed = per_sample_masks, percentile, seed
         self.rng = np.random.default_rng(seed)
         self._maps: dict[int, np.ndarray] = {}
         self._refs: dict[int, np.ndarray] = {}
         self._fixed: dict[tuple[str, tuple[int, int]], np.ndarray] = {}
-        log.info("%d training slices from %d raw file(s)", len(self.slices), len(paths))
 
     def __len__(self) -> int:
         return len(self.slices)
@@ -115,8 +127,13 @@ class RawFileSlices:
         calib = self.calib if family == "lines" else min(self.calib, *shape)
         return np.asarray(make_mask(family, shape, self.acceleration, seed=seed, calib=calib).mask)
 
+    def shape_key(self, index: int) -> tuple[int, int, int]:
+        """(coils, ny, nx) of slice ``index``: a batch holds one key only."""
+        problem = self.slices[index].problem
+        return (problem.coils, *problem.shape)
+
     def _mask(self, index: int) -> np.ndarray:
-        family, shape = self.family(index), self.slices[index].problem.shape
+        family, shape = self.family(index), self.shape_key(index)[1:]
         if self.per_sample_masks:
             return self._make_mask(family, shape, int(self.rng.integers(2**31)))
         key = (family, shape)
@@ -124,21 +141,22 @@ class RawFileSlices:
             self._fixed[key] = self._make_mask(family, shape, self.seed)
         return self._fixed[key]
 
-    def _cached(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+    def _example(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Fully sampled k-space, coil maps and reference of slice ``index`` (maps and reference cached)."""
         if index not in self._maps:
             if not 0 <= index < len(self.slices):
                 raise InvalidInputError(f"slice index {index} is outside 0..{len(self.slices) - 1}")
             self._maps[index] = self.slices[index].maps()
             self._refs[index] = self.slices[index].reference()
-        return self._maps[index], self._refs[index]
+        return self.slices[index].problem.kspace, self._maps[index], self._refs[index]
 
     def batch(self, indices: Sequence[int] | np.ndarray) -> Batch:
         """A normalised batch of the given slices (one matrix and coil count per batch)."""
         indices = [int(i) for i in indices]
-        check_one_shape([(self.slices[i].problem.coils, *self.slices[i].problem.shape) for i in indices])
-        maps, refs = zip(*(self._cached(i) for i in indices), strict=True)
+        check_one_shape([self.shape_key(i) for i in indices])
+        full, maps, refs = zip(*(self._example(i) for i in indices), strict=True)
         masks = torch.from_numpy(np.stack([self._mask(i) for i in indices]))
-        kspace = torch.from_numpy(np.stack([self.slices[i].problem.kspace for i in indices]))
+        kspace = torch.from_numpy(np.stack(full))
         op = SenseOperator(masks, torch.from_numpy(np.stack(maps)))
         y = kspace * masks.unsqueeze(1)
         return normalised_batch(y, op, torch.from_numpy(np.stack(refs)), self.percentile)
@@ -146,7 +164,7 @@ class RawFileSlices:
     def sample(self, batch_size: int) -> Batch:
         """A random batch; with several matrices, all drawn from the matrix of the first pick."""
         first = int(self.rng.integers(len(self.slices)))
-        shape = (self.slices[first].problem.coils, *self.slices[first].problem.shape)
-        same = [i for i, s in enumerate(self.slices) if (s.problem.coils, *s.problem.shape) == shape]
+        shape = self.shape_key(first)
+        same = [i for i in range(len(self.slices)) if self.shape_key(i) == shape]
         rest = self.rng.choice(same, batch_size - 1) if batch_size > 1 else []
         return self.batch([first, *(int(i) for i in rest)])
