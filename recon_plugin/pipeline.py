@@ -6,7 +6,9 @@ functions; they hold no numerics of their own.
 
 from __future__ import annotations
 
+import difflib
 import logging
+import math
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +34,45 @@ log = logging.getLogger(__name__)
 
 METHODS = ("rgancs", "zero_filled", "cs_wavelet", "cs_tv")
 _REGULARISERS = {"cs_wavelet": "wavelet", "cs_tv": "tv"}
+
+
+#: Properties every gadget reads, then those of each method.
+_COMMON = frozenset(
+    {
+        "device",
+        "mask",
+        "retro_acceleration",
+        "seed",
+        "calib",
+        "series_index",
+        "complex",
+        "calib_width",
+        "reference",
+        "threads",
+    }
+)
+_BART = frozenset({"lambda", "iterations", "time_limit", "workers"})
+#: The properties each gadget target accepts; any other is a ProtocolError (a typo must not pass silently).
+PROPERTIES: dict[str, frozenset[str]] = {
+    "rgancs": _COMMON | {"weights", "fast_path", "batch_size"},
+    "zero_filled": _COMMON,
+    "cs_wavelet": _COMMON | _BART,
+    "cs_tv": _COMMON | _BART,
+}
+
+
+def _unknown_properties(method: str, unknown: list[str], known: frozenset[str]) -> str:
+    """``unknown property retro_accleration (did you mean retro_acceleration?); rgancs accepts: ...``."""
+    parts = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, sorted(known), n=1)
+        elsewhere = [m for m, names in PROPERTIES.items() if name in names]
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        if elsewhere and not close:
+            hint = f" (only {', '.join(elsewhere)} gadgets read it)"
+        parts.append(f"{name}{hint}")
+    noun = "property" if len(unknown) == 1 else "properties"
+    return f"unknown {noun} {', '.join(parts)}; the {method} gadget accepts: {', '.join(sorted(known))}"
 
 
 @dataclass(frozen=True)
@@ -61,56 +102,54 @@ class GadgetSettings:
         a bad value is a ProtocolError naming the property."""
         if method not in METHODS:
             raise ProtocolError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
-        known = {
-            "weights",
-            "device",
-            "fast_path",
-            "batch_size",
-            "mask",
-            "retro_acceleration",
-            "seed",
-            "calib",
-            "series_index",
-            "complex",
-            "calib_width",
-            "reference",
-            "lambda",
-            "iterations",
-            "time_limit",
-            "workers",
-            "threads",
-        }
+        known = PROPERTIES[method]
         unknown = sorted(set(props) - known)
         if unknown:
-            log.warning("ignoring unknown properties: %s", ", ".join(unknown))
+            raise ProtocolError(_unknown_properties(method, unknown, known))
         retro = _retro_settings(props)
         return cls(
             method=method,
             weights=Path(props["weights"]) if props.get("weights") else default_weights(props.get("device") or "auto"),
             device=props.get("device", "auto") or "auto",
             fast_path=props.get("fast_path", "auto") or "auto",
-            batch_size=_number(props, "batch_size", 0, int),
+            batch_size=_number(props, "batch_size", 0, int, minimum=0),
             retro=retro,
-            series_index=_number(props, "series_index", SERIES_INDEX[method], int),
+            series_index=_number(props, "series_index", SERIES_INDEX[method], int, minimum=0),
             complex_output=_flag(props, "complex"),
-            calib_width=_number(props, "calib_width", 24, int),
+            calib_width=_number(props, "calib_width", 24, int, minimum=1),
             send_reference=_flag(props, "reference"),
-            lam=_number(props, "lambda", None, float),
-            iterations=_number(props, "iterations", 300, int),
-            time_limit=_number(props, "time_limit", 120.0, float),
-            workers=_number(props, "workers", 2, int),
+            lam=_number(props, "lambda", None, float, minimum=0.0),
+            iterations=_number(props, "iterations", 300, int, minimum=1),
+            time_limit=_number(props, "time_limit", 120.0, float, minimum=0.0, strict=True),
+            workers=_number(props, "workers", 2, int, minimum=1),
             threads=_threads(props),
         )
 
 
-def _number(props: dict[str, str], name: str, default: Any, kind: type) -> Any:
-    text = props.get(name, "")
+def _number(
+    props: dict[str, str],
+    name: str,
+    default: Any,
+    kind: type,
+    *,
+    minimum: float | None = None,
+    strict: bool = False,
+) -> Any:
+    """Property ``name`` as ``kind`` (``default`` when absent or empty); finite, and >= ``minimum`` (> when
+    ``strict``), else a ProtocolError naming the property and its domain."""
+    text = props.get(name, "").strip()
     if text == "":
         return default
     try:
-        return kind(text)
+        value = kind(text)
     except ValueError:
         raise ProtocolError(f"property {name}={text!r} is not a valid {kind.__name__}") from None
+    if kind is float and not math.isfinite(value):
+        raise ProtocolError(f"property {name}={text!r} must be a finite number")
+    if minimum is not None and (value < minimum or (strict and value == minimum)):
+        bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
+        raise ProtocolError(f"property {name}={text!r} must be {bound}")
+    return value
 
 
 def _threads(props: dict[str, str]) -> int:
@@ -128,7 +167,13 @@ def _flag(props: dict[str, str], name: str) -> bool:
 
 
 def _retro_settings(props: dict[str, str]) -> RetroSettings | None:
+    """Retrospective undersampling: on with ``retro_acceleration`` >= 1 or a mask file; off with 0 or neither."""
     acceleration = _number(props, "retro_acceleration", 0.0, float)
+    if acceleration != 0 and acceleration < 1:
+        raise ProtocolError(
+            f"property retro_acceleration={props['retro_acceleration']!r} must be >= 1, or 0 for no retrospective "
+            "undersampling"
+        )
     mask = props.get("mask", "").strip()
     mask_file = Path(mask) if mask and mask.lower() not in FAMILIES else None
     if mask_file is not None and not mask_file.is_file():
@@ -138,8 +183,8 @@ def _retro_settings(props: dict[str, str]) -> RetroSettings | None:
     return RetroSettings(
         acceleration=acceleration if acceleration > 0 else 5.0,
         family=mask.lower() if mask and mask_file is None else None,
-        seed=_number(props, "seed", 0, int),
-        calib=_number(props, "calib", 12, int),
+        seed=_number(props, "seed", 0, int, minimum=0),
+        calib=_number(props, "calib", 12, int, minimum=0),
         mask_file=mask_file,
     )
 

@@ -109,3 +109,16 @@ def config_echo(connection) -> None:
     image = ismrmrd.Image.from_array(np.zeros((2, 2), dtype=np.float32), image_series_index=7)
     image.meta = {"config": connection.raw_bytes.config.decode("utf-8"), "matrix": f"{matrix.x}x{matrix.y}"}
     connection.send(image)
+
+
+def refuse(connection) -> None:
+    """Report an ERROR at once, as a gadget with a bad configuration does, then read the input to its end."""
+    send_error(connection, "refuse: ProtocolError: bad configuration")
+    for _ in connection:
+        pass
+
+
+def warn_then_echo(connection) -> None:
+    """Log a WARNING (the replay must show it although the run succeeds), then echo images."""
+    logging.getLogger("replay_gadgets").warning("calibration region is small")
+    echo_images(connection)

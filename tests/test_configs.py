@@ -9,7 +9,8 @@ import pytest
 from training.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1] / "configs"
-CONFIGS = sorted(ROOT.glob("**/*.toml"))
+STUDIES = sorted((ROOT / "study").glob("*.toml"))
+CONFIGS = sorted(p for p in ROOT.glob("**/*.toml") if p not in STUDIES)
 
 
 def test_there_are_configs():
@@ -40,3 +41,14 @@ def test_config_loads(path):
         assert (config.model.copies, config.model.blocks) == (1, 10)
     else:
         assert (config.model.copies, config.model.blocks, config.model.shared) == (10, 1, True)
+
+
+@pytest.mark.parametrize("path", STUDIES, ids=lambda p: p.name)
+def test_study_files_load_and_every_variant_is_a_valid_config(path):
+    from training.study import load_study, variant_config
+
+    study = load_study(path)
+    configs = [variant_config(study, v) for v in study.variants]
+    assert len({c.optim.steps for c in configs}) == 1  # an equal budget
+    assert len({str(sorted(vars(c.data).items())) for c in configs}) == 1  # the same data and masks
+    assert all(c.run.init_weights == "" for c in configs)  # every variant from scratch

@@ -96,3 +96,34 @@ def test_fast_path_property_reaches_the_reconstructor():
     assert build_reconstructor(settings).fast_path.name == "bf16"
     with pytest.raises(FastPathError):
         build_reconstructor(GadgetSettings.from_properties("rgancs", {"device": "cpu", "fast_path": "nitro"}))
+
+
+@pytest.mark.parametrize(
+    ("method", "props", "message"),
+    [
+        ("rgancs", {"retro_accleration": "5"}, "unknown property retro_accleration \\(did you mean retro_acceleration"),
+        ("rgancs", {"lambda": "0.01"}, "only cs_wavelet, cs_tv gadgets read it"),
+        ("zero_filled", {"weights": "x"}, "the zero_filled gadget accepts: .*retro_acceleration"),
+        ("rgancs", {"retro_acceleration": "nan"}, "retro_acceleration='nan' must be a finite number"),
+        ("rgancs", {"retro_acceleration": "-1"}, "retro_acceleration='-1' must be >= 1, or 0"),
+        ("rgancs", {"retro_acceleration": "0.5"}, "must be >= 1, or 0"),
+        ("rgancs", {"batch_size": "-3"}, "batch_size='-3' must be >= 0"),
+        ("rgancs", {"batch_size": "2.5"}, "batch_size='2.5' is not a valid int"),
+        ("cs_tv", {"lambda": "inf"}, "lambda='inf' must be a finite number"),
+        ("cs_tv", {"time_limit": "0"}, "time_limit='0' must be > 0"),
+        ("cs_wavelet", {"iterations": "0"}, "iterations='0' must be >= 1"),
+        ("cs_wavelet", {"workers": "0"}, "workers='0' must be >= 1"),
+        ("rgancs", {"calib_width": "0"}, "calib_width='0' must be >= 1"),
+        ("rgancs", {"series_index": "-2"}, "series_index='-2' must be >= 0"),
+    ],
+)
+def test_bad_properties_are_named(method: str, props: dict, message: str) -> None:
+    """A typo or an out-of-domain value is a ProtocolError naming it, never a silently different exam."""
+    with pytest.raises(ProtocolError, match=message):
+        GadgetSettings.from_properties(method, props)
+
+
+def test_retro_acceleration_zero_or_absent_means_off() -> None:
+    for props in ({}, {"retro_acceleration": "0"}, {"retro_acceleration": ""}):
+        assert GadgetSettings.from_properties("zero_filled", props).retro is None
+    assert GadgetSettings.from_properties("zero_filled", {"retro_acceleration": "4"}).retro.acceleration == 4.0

@@ -471,3 +471,26 @@ def test_protocol_without_image_writer_is_refused(
     protocol = write_protocol(tmp_path, external("echo_images"), writers="")
     with pytest.raises(ProtocolError, match="no ImageWriter"):
         replay_file(path, protocol, tmp_path / "out.h5", progress=False)
+
+
+def test_an_error_stops_the_whole_stream_at_once(raw_file: tuple[Path, list[ismrmrd.Acquisition]], tmp_path: Path):
+    """Gadgetron fails the stream on an ERROR: replay stops every branch instead of waiting for them to finish."""
+    path, _ = raw_file
+    protocol = write_protocol(tmp_path, parallel(bad=external("refuse"), slow=external("hang")))
+    start = time.monotonic()
+    with pytest.raises(GadgetFailedError, match="bad configuration") as info:
+        replay_file(path, protocol, tmp_path / "out.h5", timeout=120, progress=False, extra_pythonpath=EXTRA)
+    assert time.monotonic() - start < 60  # the hanging branch would hold it for the 120 s timeout
+    assert str(info.value).index("bad configuration") < str(info.value).index("was stopped")
+    assert not (tmp_path / "out.h5").exists()
+
+
+def test_gadget_warnings_are_shown_on_success(
+    raw_file: tuple[Path, list[ismrmrd.Acquisition]], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path, acquisitions = raw_file
+    protocol = write_protocol(tmp_path, external("warn_then_echo"))
+    with caplog.at_level("WARNING", logger="recon_plugin.replay"):
+        summary = replay_file(path, protocol, tmp_path / "out.h5", timeout=60, progress=False, extra_pythonpath=EXTRA)
+    assert summary.series and sum(s.count for s in summary.series) == len(acquisitions)
+    assert "gadget replay_gadgets.warn_then_echo: WARNING: calibration region is small" in caplog.text

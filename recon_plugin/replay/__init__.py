@@ -153,7 +153,11 @@ def replay_file(
                     bar.update(1)
 
         options = RunOptions(
-            timeout=timeout, connect_timeout=connect_timeout, extra_pythonpath=extra_pythonpath, on_sent=on_sent
+            timeout=timeout,
+            connect_timeout=connect_timeout,
+            extra_pythonpath=extra_pythonpath,
+            on_sent=on_sent,
+            cancel=threading.Event(),
         )
         result = run_stream(protocol.steps, raw.header_xml, messages, options)
 

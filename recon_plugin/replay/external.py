@@ -48,6 +48,8 @@ DEFAULT_CONNECT_TIMEOUT = 30.0
 DEFAULT_TIMEOUT = 120.0
 #: Seconds a gadget may take to exit after it sent CLOSE (or closed its socket) before it is killed.
 EXIT_GRACE = 10.0
+#: Seconds a gadget gets to close by itself once another gadget of the stream reported an error.
+CANCEL_GRACE = 2.0
 
 MSG_CONFIG = 2
 MSG_HEADER = 3
@@ -59,6 +61,9 @@ MSG_WAVEFORM = 1026
 _VALID_BUT_UNSUPPORTED = {1023: "ReconData", 1024: "ImageArray", 1050: "AcquisitionBucket"}
 _MAX_ERROR_TEXT = 16 * 1024 * 1024
 
+#: A WARNING/ERROR/CRITICAL record in the log format of the ``gadgetron`` package's ``__main__``.
+_GADGET_LOG_LINE = re.compile(r"^\S+ \S+ (WARNING|ERROR|CRITICAL) \[ext\. \d+ [^\]]*\] (.*)$")
+_MAX_LOG_SCAN = 4 * 1024 * 1024
 _EXCEPTION_LINE = re.compile(r"[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b(:.*)?$")
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 _ID = struct.Struct("<H")
@@ -85,6 +90,8 @@ class ExternalRun:
         started_at: when the run started (``time.monotonic()`` of the replay process, as the three below).
         last_acquisition_sent_at: when the last acquisition was handed to the socket (None: none sent).
         first_image_at, last_image_at: when the first and the last image had arrived (None: no image).
+        log_messages: the gadget's WARNING, ERROR and CRITICAL log records (``LEVEL: text``), also on success.
+        cancelled: the run was stopped because another gadget of the stream reported an error.
     """
 
     step: ExternalStep
@@ -100,6 +107,8 @@ class ExternalRun:
     last_acquisition_sent_at: float | None = None
     first_image_at: float | None = None
     last_image_at: float | None = None
+    log_messages: list[str] = field(default_factory=list)
+    cancelled: bool = False
 
     @property
     def ok(self) -> bool:
@@ -130,6 +139,7 @@ class _Outcome:
     write_error: BaseException | None = None
     connect_error: ReconError | None = None
     writer_crash: BaseException | None = None
+    cancelled: bool = False
     stop: threading.Event = field(default_factory=threading.Event)
 
 
@@ -149,6 +159,7 @@ def run_external(
     on_sent: Callable[[Message], None] | None = None,
     extra_pythonpath: Sequence[str | Path] = (),
     python: str | None = None,
+    cancel: threading.Event | None = None,
 ) -> ExternalRun:
     """Start the gadget, stream ``acquisitions`` then ``waveforms`` into it and collect what it sends back.
 
@@ -157,6 +168,10 @@ def run_external(
     ``connect_timeout`` the wait for the gadget to connect. ``on_image`` is called (in the calling
     thread) for each image as it arrives, ``on_sent`` (in the sending thread) after each message sent.
     ``extra_pythonpath`` entries are put on the child's PYTHONPATH after the repository root.
+    ``cancel`` is shared by the gadgets of one stream: an ERROR from any of them sets it (Gadgetron fails the
+    whole stream on an ERROR), and then every gadget stops receiving data (it gets CLOSE) and, unless it closes
+    within :data:`CANCEL_GRACE` seconds, is stopped. The gadget's WARNING and ERROR log records are logged here
+    (WARNING) and kept in :attr:`ExternalRun.log_messages`.
 
     Never raises for gadget failures: see :attr:`ExternalRun.failure` and :meth:`ExternalRun.raise_for_errors`.
     """
@@ -182,16 +197,20 @@ def run_external(
                 outcome.connect_error = exc
             else:
                 with conn:
-                    _exchange(conn, step, header_xml, messages, run, outcome, timeout, on_image, on_sent)
+                    _exchange(conn, step, header_xml, messages, run, outcome, timeout, on_image, on_sent, cancel)
         finally:
-            graceful = (outcome.closed or outcome.peer_eof) and outcome.writer_crash is None
+            graceful = (outcome.closed or outcome.peer_eof) and outcome.writer_crash is None and not outcome.cancelled
             run.returncode = _finish_process(process, graceful=graceful)
             _unregister(process)
             run.stderr_tail = _tail(log)
+            run.log_messages = _log_records(log)
+            run.cancelled = outcome.cancelled
     if outcome.writer_crash is not None:  # a bug in on_sent or in a message's serialisation: not the gadget's fault
         raise outcome.writer_crash
     run.seconds = time.monotonic() - start
     run.failure = _failure(run, outcome, timeout)
+    for record in run.log_messages:
+        logger.warning("gadget %s: %s", step.name, record)
     if run.stderr_tail:
         logger.debug("gadget %s output (tail):\n%s", step.name, run.stderr_tail)
     if run.failure is not None:
@@ -254,18 +273,25 @@ def _exchange(
     timeout: float,
     on_image: Callable[[ismrmrd.Image], None] | None,
     on_sent: Callable[[Message], None] | None,
+    cancel: threading.Event | None = None,
 ) -> None:
     conn.settimeout(timeout)
     writer = threading.Thread(
         target=_send_all,
-        args=(conn, step, header_xml, messages, run, outcome, on_sent),
+        args=(conn, step, header_xml, messages, run, outcome, on_sent, cancel),
         name=f"replay-send-{step.target}",
         daemon=True,
     )
     writer.start()
+    done = threading.Event()
+    if cancel is not None:
+        threading.Thread(
+            target=_watch_cancel, args=(conn, outcome, cancel, done), name=f"replay-cancel-{step.target}", daemon=True
+        ).start()
     try:
-        _receive_all(conn, run, outcome, on_image)
+        _receive_all(conn, run, outcome, on_image, cancel)
     finally:
+        done.set()
         if not outcome.closed:
             # Reader gave up (timeout, bad message, EOF): unblock the writer and let the process go.
             outcome.stop.set()
@@ -287,6 +313,7 @@ def _send_all(
     run: ExternalRun,
     outcome: _Outcome,
     on_sent: Callable[[Message], None] | None,
+    cancel: threading.Event | None = None,
 ) -> None:
     try:
         conn.sendall(_ID.pack(MSG_CONFIG) + _U32.pack(len(step.config_xml)) + step.config_xml)
@@ -294,6 +321,8 @@ def _send_all(
         for message in messages:
             if outcome.stop.is_set():
                 return
+            if cancel is not None and cancel.is_set():
+                break  # the stream failed elsewhere: no more data, just CLOSE
             conn.sendall(encode_message(message))
             if isinstance(message, ismrmrd.Acquisition):
                 run.last_acquisition_sent_at = time.monotonic()
@@ -309,6 +338,19 @@ def _send_all(
         outcome.stop.set()
         with contextlib.suppress(OSError):
             conn.shutdown(socket.SHUT_RDWR)
+
+
+def _watch_cancel(conn: socket.socket, outcome: _Outcome, cancel: threading.Event, done: threading.Event) -> None:
+    """Once ``cancel`` is set, give the gadget :data:`CANCEL_GRACE` seconds to close, then cut its connection."""
+    while not done.is_set():
+        if cancel.wait(0.2):
+            if done.wait(CANCEL_GRACE):
+                return
+            outcome.cancelled = True
+            outcome.stop.set()
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+            return
 
 
 def encode_message(message: Message) -> bytes:
@@ -343,7 +385,11 @@ def _read_exactly(conn: socket.socket, nbytes: int) -> bytes:
 
 
 def _receive_all(
-    conn: socket.socket, run: ExternalRun, outcome: _Outcome, on_image: Callable[[ismrmrd.Image], None] | None
+    conn: socket.socket,
+    run: ExternalRun,
+    outcome: _Outcome,
+    on_image: Callable[[ismrmrd.Image], None] | None,
+    cancel: threading.Event | None = None,
 ) -> None:
     def read(nbytes: int) -> bytes:
         return _read_exactly(conn, nbytes)
@@ -362,6 +408,8 @@ def _receive_all(
                 text = read(length).decode("utf-8", errors="replace").strip()
                 logger.warning("gadget %s reported an error: %s", run.step.name, text)
                 run.errors.append(text)
+                if cancel is not None:
+                    cancel.set()
                 continue
             if mid in (MSG_IMAGE, MSG_ACQUISITION, MSG_WAVEFORM):
                 item = _deserialize(mid, read)
@@ -454,6 +502,19 @@ def _finish_process(process: subprocess.Popen, *, graceful: bool) -> int | None:
     return process.returncode
 
 
+def _log_records(log: IO[bytes]) -> list[str]:
+    """``LEVEL: text`` of every WARNING/ERROR/CRITICAL record in the gadget's output (its last 4 MiB)."""
+    log.flush()
+    size = log.seek(0, os.SEEK_END)
+    log.seek(max(0, size - _MAX_LOG_SCAN))
+    records = []
+    for line in log.read().decode("utf-8", errors="replace").splitlines():
+        match = _GADGET_LOG_LINE.match(line)
+        if match:
+            records.append(f"{match.group(1)}: {match.group(2)}")
+    return records
+
+
 def _tail(log: IO[bytes], max_lines: int = 30, max_bytes: int = 64 * 1024) -> str:
     log.flush()
     size = log.seek(0, os.SEEK_END)
@@ -485,6 +546,8 @@ def _failure(run: ExternalRun, outcome: _Outcome, timeout: float) -> ReconError 
         return outcome.connect_error
     if run.errors:
         return GadgetFailedError(f"gadget {name} reported: " + "; ".join(run.errors))
+    if outcome.cancelled:
+        return GadgetFailedError(f"gadget {name} was stopped: another gadget of the stream reported an error")
     if outcome.bad_message is not None:
         return GadgetFailedError(
             f"gadget {name} sent {outcome.bad_message}; it was stopped after {len(run.images)} images"

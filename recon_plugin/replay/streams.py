@@ -95,6 +95,14 @@ class StreamRun:
         return next((r.failure for r in self.runs if r.failure is not None), None)
 
     @property
+    def cancelled(self) -> bool:
+        """The stream failed only because another gadget's error stopped it."""
+        failed = next((r for r in self.runs if r.failure is not None), None)
+        if isinstance(failed, ParallelRun):
+            return all(s.cancelled for s in failed.streams.values() if s.failure is not None)
+        return bool(failed is not None and failed.cancelled)
+
+    @property
     def seconds(self) -> float:
         return sum(r.seconds for r in self.runs)
 
@@ -122,6 +130,8 @@ class RunOptions:
     extra_pythonpath: Sequence[str | Path] = ()
     on_image: Callable[[ismrmrd.Image], None] | None = None
     on_sent: Callable[[Message], None] | None = None
+    #: Shared by all gadgets of a replay: set by the first ERROR; every gadget then stops (Gadgetron's semantics).
+    cancel: threading.Event | None = None
 
 
 def run_stream(
@@ -151,6 +161,7 @@ def run_stream(
                 on_image=step_options.on_image,
                 on_sent=step_options.on_sent,
                 extra_pythonpath=step_options.extra_pythonpath,
+                cancel=step_options.cancel,
             )
         else:
             run = run_parallel(step, header_xml, current, step_options)
@@ -202,7 +213,8 @@ def _combined_failure(result: ParallelRun) -> ReconError | None:
     failed = {key: s.failure for key, s in result.streams.items() if s.failure is not None}
     if not failed:
         return None
-    first = next(iter(failed.values()))
+    causes = [s.failure for s in result.streams.values() if s.failure is not None and not s.cancelled]
+    first = causes[0] if causes else next(iter(failed.values()))
     assert first is not None
     ok = [key for key in result.streams if key not in failed]
     text = "; ".join(f"branch {key!r}: {exc}" for key, exc in failed.items())
