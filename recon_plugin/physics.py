@@ -266,8 +266,31 @@ class SenseOperator(_RegularisedSolve):
         return self.coil_combine(ifft2c(y * self._weight))
 
     def normal(self, x: torch.Tensor) -> torch.Tensor:
-        """A^H A x."""
-        return self.adjoint(self.forward(x))
+        """A^H A x.
+
+        For even matrix sizes the centred FFT is D F D with D the checkerboard of :func:`_centring_sign`
+        (|D| = 1), so A^H A = (D S)^H F^H M F (D S): the checkerboard is folded into the maps once and each
+        product costs two FFTs and three elementwise passes instead of eight (CG runs this many times a slice).
+        """
+        self._check_image(x)
+        folded = self._folded_maps(x)
+        if folded is None:
+            return self.adjoint(self.forward(x))
+        coils = x.unsqueeze(1) * folded
+        k = torch.fft.fftn(coils, dim=_DIMS, norm="ortho") * self._weight
+        return (torch.fft.ifftn(k, dim=_DIMS, norm="ortho") * folded.conj()).sum(1)
+
+    def _folded_maps(self, x: torch.Tensor) -> torch.Tensor | None:
+        """D S (maps times the centring checkerboard; D alone for one coil), cached per dtype and device."""
+        sign = _centring_sign(x.unsqueeze(1), _DIMS)
+        if sign is None:
+            return None
+        key = (sign.dtype, sign.device)
+        cached = getattr(self, "_folded", None)
+        if cached is None or cached[0] != key:
+            maps = sign if self.maps is None else self.maps.to(sign.device, sign.dtype) * sign
+            self._folded = (key, maps)
+        return self._folded[1]
 
     def gradient_step(self, x: torch.Tensor, y: torch.Tensor, alpha: torch.Tensor | float) -> torch.Tensor:
         """x + alpha A^H (y - A x): one gradient step on ||y - A x||^2 / 2."""

@@ -64,6 +64,20 @@ def test_torch_fft_matches_the_shift_definition(rng, shape):
     assert fft2c(x64).dtype == torch.complex128 and torch.allclose(fft2c(x64), want.to(torch.complex128), atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    ("shape", "coils", "batched"), [((16, 24), 8, False), ((18, 22), 1, True), ((15, 24), 4, True)]
+)
+def test_folded_normal_equals_adjoint_of_forward(rng, shape, coils, batched):
+    """normal() folds the centring checkerboard into the maps (even sizes); same numbers as A^H(A x)."""
+    mask = torch.from_numpy(rng.random(((2,) if batched else ()) + shape) < 0.4)
+    maps = None if coils == 1 else t(crandn(rng, 2, coils, *shape))
+    op = SenseOperator(mask, maps)
+    x = t(crandn(rng, 2, *shape))
+    want = op.adjoint(op.forward(x))
+    assert torch.allclose(op.normal(x), want, atol=1e-5 * float(want.abs().max()))
+    assert torch.allclose(op.normal(x.to(torch.complex128)), want.to(torch.complex128), atol=1e-4)
+
+
 @pytest.mark.parametrize("coils", [1, 8])
 @pytest.mark.parametrize("batched_mask", [False, True])
 def test_sense_adjoint(rng, coils, batched_mask):
