@@ -11,6 +11,7 @@ the fully sampled image as the reference.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +35,13 @@ log = logging.getLogger(__name__)
 
 Key = tuple[int, int, int]  # (slice, contrast, repetition)
 
+#: Largest encoded matrix accepted per axis (x with readout oversampling, y, z) and in total; a header beyond
+#: these is refused before any buffer is made (a 65535 x 65535 header would otherwise ask for tens of GiB).
+MAX_MATRIX = (8192, 4096, 4096)
+MAX_ENCODED_POINTS = 2**27
+#: The slice buffers of one exam (channels x encoded matrix, complex64) may hold at most this many bytes.
+MAX_BUFFER_BYTES = 16 * 2**30
+
 
 def parse_header(header: ismrmrd.xsd.ismrmrdHeader | bytes | str, where: str = "header") -> ismrmrd.xsd.ismrmrdHeader:
     """Parse ISMRMRD XML (or pass a parsed header through); IsmrmrdFormatError when it is not one."""
@@ -56,6 +64,9 @@ class EncodingInfo:
     recon_fov: tuple[float, float, float]
     ky_center: int
     kz_center: int
+    #: Inclusive (minimum, maximum) of kspace_encode_step_1 and _2 from encodingLimits (None: not stated).
+    ky_limits: tuple[int, int] | None = None
+    kz_limits: tuple[int, int] | None = None
 
     @property
     def is_3d(self) -> bool:
@@ -84,6 +95,13 @@ class EncodingInfo:
             raise EncodingError(f"the header's encoded/recon space is incomplete: {exc}") from exc
         if min(encoded) < 1 or min(recon) < 1 or recon[0] > encoded[0]:
             raise EncodingError(f"invalid matrices: encoded {encoded}, recon {recon}")
+        too_big = [f"{axis}={n}" for axis, n, top in zip("xyz", encoded, MAX_MATRIX, strict=True) if n > top]
+        if too_big or math.prod(encoded) > MAX_ENCODED_POINTS:
+            raise EncodingError(
+                f"the header's encoded matrix {encoded[0]}x{encoded[1]}x{encoded[2]} is beyond what this plugin "
+                f"reconstructs (at most {MAX_MATRIX[0]}x{MAX_MATRIX[1]}x{MAX_MATRIX[2]} and {MAX_ENCODED_POINTS:,} "
+                f"points{'; too large: ' + ', '.join(too_big) if too_big else ''}); refused before allocating"
+            )
         ky_center = limits.kspace_encoding_step_1.center
         step2 = limits.kspace_encoding_step_2
         if encoded[2] > 1 and step2 is None:
@@ -96,7 +114,15 @@ class EncodingInfo:
             recon_fov=rfov,
             ky_center=int(ky_center if ky_center is not None else encoded[1] // 2),
             kz_center=int(kz_center),
+            ky_limits=_limits(limits.kspace_encoding_step_1),
+            kz_limits=_limits(step2),
         )
+
+
+def _limits(limit: object) -> tuple[int, int] | None:
+    """(minimum, maximum) of an ISMRMRD limitType, None when absent or incomplete."""
+    low, high = getattr(limit, "minimum", None), getattr(limit, "maximum", None)
+    return None if low is None or high is None else (int(low), int(high))
 
 
 @dataclass(frozen=True)
@@ -202,6 +228,7 @@ class Assembler:
                 "non-Cartesian data are not supported"
             )
         self._check_coils(data.shape[0], acq)
+        self._check_encoding(acq, data.shape[1])
         self._data_dwell = float(acq.sample_time_us) or self._data_dwell
         nx_enc, ny, nz = self.encoding.encoded
         row = acq.idx.kspace_encode_step_1 - self.encoding.ky_center + ny // 2
@@ -221,6 +248,7 @@ class Assembler:
         key = (int(acq.idx.slice), int(acq.idx.contrast), int(acq.idx.repetition))
         buf = self._buffers.get(key)
         if buf is None:
+            self._check_memory(data.shape[0])
             buf = _Buffer(
                 data=np.zeros((data.shape[0], ny, nz, nx_enc), np.complex64),
                 counts=np.zeros((ny, nz), np.int32),
@@ -231,6 +259,38 @@ class Assembler:
         buf.counts[row, col] += 1
         if row == ny // 2 and col == nz // 2:
             buf.centre = acq.getHead()
+
+    def _check_encoding(self, acq: ismrmrd.Acquisition, samples: int) -> None:
+        """The line agrees with the header: centre sample inside its data, encode steps inside the limits, kz = 0
+        in a 2D exam. EncodingError otherwise (such a line would be placed somewhere plausible but wrong)."""
+        enc = self.encoding
+        ky, kz = int(acq.idx.kspace_encode_step_1), int(acq.idx.kspace_encode_step_2)
+        if not 0 <= int(acq.center_sample) < samples:
+            raise EncodingError(
+                f"acquisition {acq.scan_counter} has {samples} samples but its centre sample is "
+                f"{acq.center_sample}: the k-space centre lies outside its data"
+            )
+        if not enc.is_3d and kz != 0:
+            raise EncodingError(
+                f"acquisition {acq.scan_counter} has kspace_encode_step_2 = {kz} in a 2D exam (the header's encoded "
+                "matrix has z = 1); is the header's encoding wrong?"
+            )
+        for name, step, limits in (("1", ky, enc.ky_limits), ("2", kz, enc.kz_limits if enc.is_3d else None)):
+            if limits is not None and not limits[0] <= step <= limits[1]:
+                raise EncodingError(
+                    f"acquisition {acq.scan_counter} has kspace_encode_step_{name} = {step}, outside the header's "
+                    f"encodingLimits [{limits[0]}, {limits[1]}]"
+                )
+
+    def _check_memory(self, coils: int) -> None:
+        """Refuse a slice buffer beyond :data:`MAX_BUFFER_BYTES` (header matrix x channels) before allocating it."""
+        nbytes = coils * math.prod(self.encoding.encoded) * np.dtype(np.complex64).itemsize
+        total = nbytes * (len(self._buffers) + 1)
+        if total > MAX_BUFFER_BYTES:
+            raise EncodingError(
+                f"{len(self._buffers) + 1} slice buffers of {coils} channels x {self.encoding.encoded} need "
+                f"{total / 2**30:.1f} GiB, over the {MAX_BUFFER_BYTES / 2**30:.0f} GiB limit of one exam"
+            )
 
     def _check_coils(self, coils: int, acq: ismrmrd.Acquisition) -> None:
         if self._coils is None:
@@ -269,6 +329,12 @@ class Assembler:
         """
         if not self._buffers:
             raise IsmrmrdFormatError("no imaging acquisitions arrived; nothing to reconstruct")
+        nz = self.encoding.encoded[2]
+        if nz > 1 and all(int((b.counts.sum(0) > 0).sum()) == 1 for b in self._buffers.values()):
+            raise EncodingError(
+                f"the header declares a 3D encoding with {nz} partitions (z), but every line arrived in one "
+                "partition: a 2D exam with a 3D header? Fix the header's encodedSpace/encodingLimits"
+            )
         whiten = self.whitening_matrix()
         out: list[Assembled] = []
         for key in sorted(self._buffers, key=lambda k: (k[2], k[1], k[0])):

@@ -201,3 +201,59 @@ def test_bad_acquisitions(scan2d):
         asm.add(fewer)
     with pytest.raises(IsmrmrdFormatError, match="no imaging"):
         Assembler(scan2d.header.toXML()).problems()
+
+
+def test_header_matrix_beyond_bounds_is_refused_before_allocation():
+    from recon_plugin.kspace import MAX_ENCODED_POINTS
+
+    scan = sr.build_raw(tiny_2d())
+    for x, y, z in ((65535, 65535, 1), (256, 256, 5000), (8192, 4096, 8)):
+        header = copy.deepcopy(scan.header)
+        space = header.encoding[0].encodedSpace.matrixSize
+        space.x, space.y, space.z = x, y, z
+        header.encoding[0].reconSpace.matrixSize.x = min(x, header.encoding[0].reconSpace.matrixSize.x)
+        with pytest.raises(EncodingError, match="refused before allocating"):
+            Assembler(header.toXML())
+    assert MAX_ENCODED_POINTS < 8192 * 4096 * 8
+
+
+def test_a_huge_channel_count_is_refused_before_the_buffer(scan2d, monkeypatch):
+    from recon_plugin import kspace
+
+    data = [a for a in scan2d.acquisitions if not a.is_flag_set(ismrmrd.ACQ_IS_NOISE_MEASUREMENT)]
+    monkeypatch.setattr(kspace, "MAX_BUFFER_BYTES", 1000)  # far below one slice buffer of this exam
+    with pytest.raises(EncodingError, match="over the 0 GiB limit"):
+        Assembler(scan2d.header.toXML()).add(data[0])
+
+
+def test_lines_that_disagree_with_the_header_are_refused(scan2d, scan3d):
+    data = [a for a in scan2d.acquisitions if not a.is_flag_set(ismrmrd.ACQ_IS_NOISE_MEASUREMENT)]
+    asm = Assembler(scan2d.header.toXML())
+    short = ismrmrd.Acquisition.from_array(np.ascontiguousarray(data[0].data[:, :100]))
+    short.idx.kspace_encode_step_1 = data[0].idx.kspace_encode_step_1
+    short.center_sample = 128  # the centre is not in its 100 samples: it would land at kx 0..99
+    with pytest.raises(EncodingError, match="centre lies outside its data"):
+        asm.add(short)
+    kz = copy.deepcopy(data[0])
+    kz.idx.kspace_encode_step_2 = 3
+    with pytest.raises(EncodingError, match="kspace_encode_step_2 = 3 in a 2D exam"):
+        asm.add(kz)
+    limits = scan2d.header.encoding[0].encodingLimits.kspace_encoding_step_1
+    header = copy.deepcopy(scan2d.header)
+    header.encoding[0].encodingLimits.kspace_encoding_step_1.maximum = limits.maximum - 2
+    narrow = Assembler(header.toXML())
+    beyond = next(a for a in data if a.idx.kspace_encode_step_1 == limits.maximum)
+    with pytest.raises(EncodingError, match="outside the header's encodingLimits"):
+        narrow.add(beyond)
+
+
+def test_a_2d_exam_with_a_3d_header_is_named(scan2d):
+    header = copy.deepcopy(scan2d.header)
+    header.encoding[0].encodedSpace.matrixSize.z = 4
+    header.encoding[0].reconSpace.matrixSize.z = 4
+    header.encoding[0].encodingLimits.kspace_encoding_step_2 = sr.xsd.limitType(minimum=0, maximum=3, center=0)
+    asm = Assembler(header.toXML())
+    for a in scan2d.acquisitions:
+        asm.add(a)
+    with pytest.raises(EncodingError, match="2D exam with a 3D header"):
+        asm.problems()
