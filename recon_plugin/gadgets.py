@@ -11,6 +11,7 @@ message (id 8) before the connection closes, never as a silent empty result.
 from __future__ import annotations
 
 import logging
+import socket
 import struct
 from collections.abc import Iterator
 from typing import Any
@@ -37,6 +38,34 @@ def send_error(connection: Any, text: str) -> None:
     """Send Gadgetron's ERROR message: uint16 id 8, uint64 length, UTF-8 text."""
     payload = text.encode("utf-8")
     connection.socket.write(struct.pack("<HQ", GADGET_MESSAGE_ERROR, len(payload)) + payload)
+
+
+class PeerGoneError(ConnectionError):
+    """The other end (Gadgetron, replay, a client) closed the connection in the middle of the stream."""
+
+
+def guard_end_of_stream(connection: Any) -> None:
+    """Make the ``gadgetron`` package's socket reader raise :class:`PeerGoneError` at end of file.
+
+    Its reader loops on ``recv`` until it has the bytes it wants; at end of file ``recv`` returns nothing
+    forever, so a gadget whose peer died (replay killed by SIGTERM, Gadgetron crashed) would spin at 100 % CPU
+    instead of exiting. Connections without that reader (the MRD server's adapters) are left as they are.
+    """
+    wrapper = getattr(connection, "socket", None)
+    raw = getattr(wrapper, "socket", None)
+    if raw is None or not hasattr(raw, "recv") or not hasattr(wrapper, "read"):
+        return
+
+    def read(nbytes: int) -> bytes:
+        data = b""
+        while len(data) < nbytes:
+            chunk = raw.recv(nbytes - len(data), socket.MSG_WAITALL)
+            if not chunk:
+                raise PeerGoneError(f"the peer closed the connection ({len(data)} of {nbytes} bytes read)")
+            data += chunk
+        return data
+
+    wrapper.read = read
 
 
 class Inbox:
@@ -72,6 +101,7 @@ def run(connection: Any, method: str) -> None:
     and encode summed up to its batch; ``send`` never), and the whole exam, sending included, is logged
     (INFO). A failure after some batches were sent still ends with an ERROR message.
     """
+    guard_end_of_stream(connection)
     inbox = Inbox(connection)
     timer = StageTimer(method)
     try:
@@ -89,6 +119,9 @@ def run(connection: Any, method: str) -> None:
                     connection.send(image)
             sent += len(batch)
         log.info("%d images; %s", sent, timer.summary())
+        return
+    except PeerGoneError as exc:  # nobody to report to: stop now (the package's close then fails and exits)
+        log.error("%s: %s; stopping", method, exc)
         return
     except ReconError as exc:
         log.error("%s failed: %s", method, exc)
