@@ -1,14 +1,20 @@
-"""Faults: a gadget whose peer vanishes exits instead of spinning (issue: orphaned gadget processes)."""
+"""Faults: no orphaned gadget process — a gadget whose peer vanishes exits, replay stops its gadgets on signals."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import socket
 import struct
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import ismrmrd
+import numpy as np
+import pytest
 from raw_helpers import tiny_2d
 
 from recon_plugin import sample_raw as sr
@@ -16,6 +22,7 @@ from recon_plugin.replay.external import MSG_CONFIG, MSG_HEADER, child_environme
 from recon_plugin.replay.protocol import EMPTY_CONFIG_XML
 
 _ID, _U32 = struct.Struct("<H"), struct.Struct("<I")
+TESTS = Path(__file__).resolve().parent
 
 
 def test_gadget_exits_when_its_peer_vanishes_mid_stream() -> None:
@@ -47,3 +54,69 @@ def test_gadget_exits_when_its_peer_vanishes_mid_stream() -> None:
             if process.poll() is None:
                 process.kill()
                 process.wait()
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP"])
+def test_replay_stops_its_gadgets_on_sigterm_and_sighup(tmp_path: Path, signame: str) -> None:
+    """SIGTERM/SIGHUP to `recon-plugin replay` stop its gadget processes (Python's default would orphan them)."""
+    from test_replay_engine import external, header_xml, make_acquisitions, write_protocol
+
+    raw = tmp_path / "raw.h5"
+    with ismrmrd.Dataset(raw, "dataset", create_if_needed=True) as dataset:
+        dataset.write_xml_header(header_xml())
+        for acq in make_acquisitions(np.random.default_rng(0)):
+            dataset.append_acquisition(acq)
+    protocol = write_protocol(tmp_path, external("hang"))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    code = "from recon_plugin.cli import main; main()"
+    args = ["replay", str(raw), "--protocol", str(protocol), "--out", str(tmp_path / "out.h5"), "--no-progress"]
+    replay = subprocess.Popen([sys.executable, "-c", code, *args], env=env, stderr=subprocess.PIPE)
+    try:
+        gadget = _wait_for_child(replay.pid, "replay_gadgets hang", limit=60)
+        time.sleep(1.0)
+        replay.send_signal(getattr(signal, signame))
+        status = replay.wait(timeout=30)
+        assert status == 128 + getattr(signal, signame)
+        deadline = time.monotonic() + 10
+        while _alive(gadget) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(gadget), f"gadget {gadget} outlived replay"
+        assert not (tmp_path / "out.h5").exists()
+    finally:
+        for pid in [replay.pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        replay.wait()
+
+
+def _children(pid: int) -> list[tuple[int, str]]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            out.append((int(entry.name), cmd))
+    return out
+
+
+def _wait_for_child(pid: int, needle: str, limit: float) -> int:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        for child, cmd in _children(pid):
+            if needle in cmd:
+                return child
+        time.sleep(0.2)
+    raise AssertionError(f"no child process matching {needle!r} within {limit} s")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"

@@ -22,6 +22,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import ismrmrd
 from rich.table import Table
@@ -32,10 +33,15 @@ from ..images import SNR_META, SSIM_META
 from .dataset import RawData, read_images, read_raw, write_images, write_pngs
 from .external import DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT, ExternalRun, Message, attach_results, run_external
 from .protocol import ExternalStep, ParallelStep, Protocol, Step, load_protocol
+from .signals import ReplayTerminated, stop_children_on_signals
 from .streams import ParallelRun, RunOptions, StreamRun, input_consumers, run_parallel, run_stream
 from .timing import ExamTiming, exam_timings, format_timings
 
 logger = logging.getLogger(__name__)
+
+#: The image attribute that says which method made an image, and its value on a fully sampled reference.
+METHOD_META = "Method"
+REFERENCE_METHOD = "reference"
 
 __all__ = [
     "ExamTiming",
@@ -46,6 +52,7 @@ __all__ = [
     "Protocol",
     "RawData",
     "ReplaySummary",
+    "ReplayTerminated",
     "RunOptions",
     "SeriesSummary",
     "Step",
@@ -60,6 +67,7 @@ __all__ = [
     "run_external",
     "run_parallel",
     "run_stream",
+    "summary_json",
     "write_images",
     "write_pngs",
 ]
@@ -71,7 +79,9 @@ class SeriesSummary:
 
     ``shape`` is the images' matrix_size (x, y, z); ``source`` names the branch key(s) or gadget that
     made it and ``seconds`` that stream's wall time; ``mean_snr_db`` / ``mean_ssim`` average the
-    images' SNR / SSIM meta attributes where present (None when no image has them).
+    images' SNR / SSIM meta attributes where present (None when no image has them). ``method`` is what
+    the images say they are (their ``Method`` attribute, else ``source``); ``reference`` marks the fully
+    sampled reference a gadget sends beside its own series (its ``seconds`` are its stream's, not its own).
     """
 
     series: int
@@ -82,6 +92,8 @@ class SeriesSummary:
     seconds: float
     mean_snr_db: float | None = None
     mean_ssim: float | None = None
+    method: str = ""
+    reference: bool = False
 
 
 @dataclass(frozen=True)
@@ -159,7 +171,8 @@ def replay_file(
             on_sent=on_sent,
             cancel=threading.Event(),
         )
-        result = run_stream(protocol.steps, raw.header_xml, messages, options)
+        with stop_children_on_signals():
+            result = run_stream(protocol.steps, raw.header_xml, messages, options)
 
     failure = result.failure
     if failure is not None:
@@ -246,6 +259,7 @@ def _summarise(labelled: Sequence[tuple[str, float, ismrmrd.Image]]) -> list[Ser
         entries = groups[series]
         images = [image for _, _, image in entries]
         sources = list(dict.fromkeys(source for source, _, _ in entries))
+        methods = list(dict.fromkeys(m for m in (_meta_text(image, METHOD_META) for image in images) if m))
         summaries.append(
             SeriesSummary(
                 series=series,
@@ -256,9 +270,18 @@ def _summarise(labelled: Sequence[tuple[str, float, ismrmrd.Image]]) -> list[Ser
                 seconds=max(seconds for _, seconds, _ in entries),
                 mean_snr_db=_mean_meta(images, SNR_META),
                 mean_ssim=_mean_meta(images, SSIM_META),
+                method="+".join(methods) or "+".join(sources),
+                reference=methods == [REFERENCE_METHOD],
             )
         )
     return summaries
+
+
+def _meta_text(image: ismrmrd.Image, name: str) -> str:
+    value = image.meta.get(name)
+    if isinstance(value, list):
+        value = value[0] if value else None
+    return "" if value is None else str(value)
 
 
 def _mean_meta(images: Sequence[ismrmrd.Image], name: str) -> float | None:
@@ -276,13 +299,47 @@ def _mean_meta(images: Sequence[ismrmrd.Image], name: str) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def summary_json(summary: ReplaySummary) -> dict[str, Any]:
+    """The summary as plain JSON data (``recon-plugin replay --json``); a reference series has ``seconds`` null."""
+    return {
+        "input": str(summary.input),
+        "protocol": None if summary.protocol is None else str(summary.protocol),
+        "output": str(summary.output),
+        "acquisitions": summary.acquisitions,
+        "waveforms": summary.waveforms,
+        "images": summary.images,
+        "seconds": round(summary.seconds, 3),
+        "series": [
+            {
+                "series": s.series,
+                "method": s.method,
+                "reference": s.reference,
+                "source": s.source,
+                "images": s.count,
+                "matrix": list(s.shape),
+                "channels": s.channels,
+                "seconds": None if s.reference else round(s.seconds, 3),
+                "snr_db": None if s.mean_snr_db is None else round(s.mean_snr_db, 3),
+                "ssim": None if s.mean_ssim is None else round(s.mean_ssim, 4),
+            }
+            for s in summary.series
+        ],
+        "pngs": [str(p) for p in summary.pngs],
+    }
+
+
 def format_summary(summary: ReplaySummary) -> Table:
-    """A rich table of the output series (what the CLI prints after a replay)."""
+    """A rich table of the output series (what the CLI prints after a replay).
+
+    ``method`` is what each series is; ``source`` the branch or gadget that sent it and ``seconds`` that
+    stream's wall time (a reference series shows ``-``: it is the fully sampled image, not a reconstruction).
+    """
     table = Table(
         title=f"replay {summary.input.name} -> {summary.output} ({summary.images} images, {summary.seconds:.1f} s)"
     )
     for column, justify in (
         ("series", "right"),
+        ("method", "left"),
         ("source", "left"),
         ("images", "right"),
         ("matrix x*y*z", "right"),
@@ -295,11 +352,12 @@ def format_summary(summary: ReplaySummary) -> Table:
     for s in summary.series:
         table.add_row(
             str(s.series),
+            s.method,
             s.source,
             str(s.count),
             "x".join(str(v) for v in s.shape),
             str(s.channels),
-            f"{s.seconds:.2f}",
+            "-" if s.reference else f"{s.seconds:.2f}",
             "-" if s.mean_snr_db is None else f"{s.mean_snr_db:.2f}",
             "-" if s.mean_ssim is None else f"{s.mean_ssim:.3f}",
         )
