@@ -60,8 +60,9 @@ def test_every_method_and_path_is_timed_on_every_case(report) -> None:
         assert rows[("rgancs", "bf16")].dsnr_db <= 0.05 and rows[("rgancs", "channels_last")].dsnr_db <= 0.05
         assert rows[("rgancs", "fp32")].dsnr_db is None  # the baseline itself
         assert rows[("zero_filled", "cpu")].p50_ms < rows[("rgancs", "fp32")].p50_ms  # A^H y vs ten network copies
-        if bart_available():
-            assert rows[("cs_wavelet", "bart")].p50_ms > 0 and rows[("cs_tv", "bart")].snr_db > 10
+        if bart_available():  # BART's latency runs on as many threads as torch: the same cores
+            bart = f"bart ({torch.get_num_threads()} thread{'s' if torch.get_num_threads() > 1 else ''})"
+            assert rows[("cs_wavelet", bart)].p50_ms > 0 and rows[("cs_tv", bart)].snr_db > 10
     if bart_available():
         assert any("CS-WV / RGANCS latency" in k for k in report.ratios)
 
