@@ -6,13 +6,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from .bench import Case, markdown, run_bench, table_rows, write_json, write_markdown
+from .console import make_console
 from .errors import ReconError
 
-console = Console()
+console = make_console()
 
 
 def _case(text: str) -> Case:

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from . import __version__
+from .console import configure_logging, make_console
 from .errors import ReconError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="RGANCS MRI reconstruction plugin.")
-console = Console()
+console = make_console()
 
 
 def _version(value: bool) -> None:
@@ -29,8 +28,12 @@ def _root(
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version and exit")
     ] = False,
+    verbose: Annotated[
+        int, typer.Option("--verbose", "-v", count=True, help="log progress (INFO); -vv: DEBUG too")
+    ] = 0,
 ) -> None:
     """RGANCS MRI reconstruction plugin."""
+    configure_logging(verbose)
 
 
 def _fail(exc: ReconError) -> None:
@@ -129,10 +132,13 @@ def replay(
     timings: Annotated[
         bool, typer.Option(help="print each gadget's stage seconds and last acquisition -> last image")
     ] = False,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="write the summary (series, methods, counts, seconds, SNR/SSIM)")
+    ] = None,
 ) -> None:
     """Replay an ISMRMRD file through a protocol's gadgets, exactly as Gadgetron runs them."""
     from .preview import series_comparison
-    from .replay import format_summary, format_timings, partial_path, read_images, replay_file
+    from .replay import format_summary, format_timings, partial_path, read_images, replay_file, summary_json
 
     try:
         summary = replay_file(
@@ -147,6 +153,14 @@ def replay(
         console.print(f"[bold red]OSError[/]: {exc}")
         raise typer.Exit(1) from exc
     console.print(format_summary(summary))
+    if json_out is not None:
+        try:
+            json_out.parent.mkdir(parents=True, exist_ok=True)
+            json_out.write_text(json.dumps(summary_json(summary), indent=2) + "\n")
+        except OSError as exc:
+            console.print(f"[bold red]{type(exc).__name__}[/]: cannot write {json_out}: {exc}")
+            raise typer.Exit(1) from exc
+        console.print(f"wrote {json_out}")
     if timings:
         console.print(format_timings(summary.timings, title=f"timings of {summary.input.name} (seconds)"))
     if png is not None:
@@ -245,6 +259,6 @@ app.add_typer(review_app, name="review", help="Blinded reader study of paired ou
 
 
 def main() -> None:
-    """Console entry point."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    """Console entry point: warnings and errors are logged; ``-v`` adds INFO, ``-vv`` DEBUG."""
+    configure_logging(0)
     app()

@@ -17,14 +17,14 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
+from .console import make_console
 from .errors import ReconError
 from .mrd_client import DEFAULT_TIMEOUT, ClientResult, check_output_group, default_output_group, stream_file
 
-console = Console()
-errors = Console(stderr=True, soft_wrap=True)
+console = make_console()
+errors = make_console(stderr=True, soft_wrap=True)
 #: Loggers of the client side, quiet unless --verbose: the summary and the error line say it all.
 _CLIENT_LOGGERS = ("recon_plugin.mrd_client", "recon_plugin.replay")
 _UNREACHABLE = {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EADDRNOTAVAIL, errno.ETIMEDOUT}

@@ -44,25 +44,26 @@ def run_demo(
 ) -> list[DemoRow]:
     """Reconstruct the held-out sample slices with zero-filled, RGANCS (``bundle``, default: the gadgets' bundle for
     ``device``) and, with ``cs`` and BART installed, BART CS-Wavelet and CS-TV at their tuned lambdas; write PNG,
-    mask and JSON to ``out``. Without BART the CS rows are left out with a warning."""
+    mask and JSON to ``out``. Without BART the CS rows are left out with a warning. The bundle and the mask are
+    checked before anything is written: a bad one leaves ``out`` as it was."""
     if bundle is None:
         from .pipeline import default_weights
 
         bundle = default_weights(device or "auto")
-    out.mkdir(parents=True, exist_ok=True)
     _, slices = split_held_out(load_colin_slices())
     mask_result = make_mask(family, slices.shape[1:], acceleration, seed=seed)
-    write_mask_files(mask_result, out / "mask")
-    rng = np.random.default_rng(seed)
-    problems = [
-        simulate_problem(with_smooth_phase(s, rng), mask_result.mask, meta={"slice": i}) for i, s in enumerate(slices)
-    ]
-    methods: list[Reconstructor] = [ZeroFilled(), RGANCS(bundle, device=device)]
+    methods: list[Reconstructor] = [ZeroFilled(), RGANCS(bundle, device=device)]  # loads and checks the bundle
     if cs:
         try:
             methods += [BartCS("wavelet", workers=1), BartCS("tv", workers=1)]
         except BartNotFoundError as exc:
             log.warning("demo: CS-Wavelet and CS-TV left out: %s", exc)
+    out.mkdir(parents=True, exist_ok=True)
+    write_mask_files(mask_result, out / "mask")
+    rng = np.random.default_rng(seed)
+    problems = [
+        simulate_problem(with_smooth_phase(s, rng), mask_result.mask, meta={"slice": i}) for i, s in enumerate(slices)
+    ]
     results = {m.name: m.reconstruct_batch(problems) for m in methods}
     rows: list[DemoRow] = []
     grid = []

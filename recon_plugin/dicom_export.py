@@ -53,6 +53,7 @@ from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 from pydicom.valuerep import DSfloat
 
 from . import __version__
+from .console import make_readable
 from .errors import InvalidInputError, IsmrmrdFormatError, NonFiniteDataError
 from .images import SERIES_INDEX
 from .kspace import parse_header
@@ -461,6 +462,7 @@ def _save(ds: Dataset, path: Path) -> Path:
     os.close(fd)
     try:
         dcmwrite(tmp_name, ds, enforce_file_format=True)
+        make_readable(tmp_name)
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)

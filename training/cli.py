@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
-from recon_plugin.errors import ReconError
+from recon_plugin.console import configure_logging, error_line, make_console
+from recon_plugin.errors import BundleError, InvalidInputError, ReconError
 from recon_plugin.model import ModelConfig
 
 from .fit_cli import fit
@@ -17,7 +16,7 @@ from .study import study
 from .sweep import sweep
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train RGANCS model bundles.")
-console = Console()
+console = make_console()
 
 COLIN_TERMS = (
     "Colin27 T1 template from Debian's mricron-data, BSD-3-Clause (Copyright 2006-2010 Chris Rorden); "
@@ -44,8 +43,12 @@ def _root(
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version and exit")
     ] = False,
+    verbose: Annotated[
+        int, typer.Option("--verbose", "-v", count=True, help="log progress (INFO); -vv: DEBUG too")
+    ] = 0,
 ) -> None:
     """Train RGANCS model bundles."""
+    configure_logging(verbose)
 
 
 app.command("fit")(fit)
@@ -55,7 +58,8 @@ app.command("study")(study)
 
 @app.command("demo-bundle")
 def demo_bundle(
-    out: Annotated[Path, typer.Option(help="bundle folder to write")] = Path("sample_data/weights/rgancs_demo_cpu"),
+    out: Annotated[Path, typer.Option(help="bundle folder to write")] = Path("runs/rgancs_demo_cpu"),
+    overwrite: Annotated[bool, typer.Option(help="replace a bundle already in OUT")] = False,
     steps: Annotated[int, typer.Option(help="optimiser steps")] = 600,
     features: Annotated[int, typer.Option(help="feature maps per conv")] = 32,
     copies: Annotated[int, typer.Option(help="unrolled copies")] = 10,
@@ -64,12 +68,18 @@ def demo_bundle(
     lr: Annotated[float, typer.Option(help="Adam learning rate")] = 1e-3,
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
 ) -> None:
-    """Train the small CPU demo bundle on the bundled Colin27 slices (pixel loss, radial mask at 5x)."""
+    """Train the small CPU demo bundle on the bundled Colin27 slices (pixel loss, radial mask at 5x).
+
+    It goes to a run folder; to replace the shipped one, give ``--out sample_data/weights/rgancs_demo_cpu
+    --overwrite``."""
+    from recon_plugin.model.bundle import SIDECAR, WEIGHTS
     from recon_plugin.sample_data import COLIN_FILE, load_colin_slices, split_held_out
 
     from .model_card import write_model_card
     from .pixel_fit import PixelFitSettings, fit_pixel
 
+    if not overwrite and ((out / SIDECAR).exists() or (out / WEIGHTS).exists()):
+        raise BundleError(f"{out} already holds a bundle: give another --out, or --overwrite to replace it")
     train, val = split_held_out(load_colin_slices())
     settings = PixelFitSettings(
         steps=steps,
@@ -114,7 +124,6 @@ def evaluate(
 ) -> None:
     """SNR, SSIM and seconds per slice of zero-filled, CS-WV, CS-TV and a bundle on the same masks and coil maps."""
     import json
-    import sys
 
     from rich.table import Table
 
@@ -145,8 +154,7 @@ def evaluate(
     )
     if s["bundle"]:
         title += f", bundle {Path(s['bundle']).name} ({s['bundle_sha256'][:12]})"
-    wide = Console(width=None if sys.stdout.isatty() else 160)
-    wide.print(title)
+    console.print(title)
     table = Table()
     for col in ("method", "slice", "SNR dB", "SSIM", "s/slice"):
         table.add_column(col, justify="left" if col in ("method", "slice") else "right")
@@ -157,7 +165,7 @@ def evaluate(
             m["method"], f"mean of {m['slices']}", f"{m['snr_db']:.2f}", f"{m['ssim']:.3f}", f"{m['seconds']:.2f}",
             style="bold",
         )  # fmt: skip
-    wide.print(table)
+    console.print(table)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(f"{title}\n\n{markdown_table(report.rows)}\n")
@@ -184,16 +192,25 @@ def copies(
 
     from .copies_view import write_copies_view
 
-    (case,) = image_cases(np.load(data, mmap_mode="r"), [index], acceleration)
+    try:
+        images = np.load(data, mmap_mode="r")
+    except (OSError, ValueError) as exc:
+        raise InvalidInputError(f"{data} is not a readable .npy array ({exc})") from exc
+    if images.ndim != 3:
+        raise InvalidInputError(f"{data} holds an array of shape {images.shape}; expected images [n, ny, nx]")
+    if not 0 <= index < len(images):
+        raise InvalidInputError(f"--index {index} is out of range: {data} holds {len(images)} slices")
+    (case,) = image_cases(images, [index], acceleration)
     case.problem.reference = case.reference
     console.print(f"wrote {write_copies_view(load_bundle(bundle), case.problem, out)}")
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: a named error (``ReconError``) ends with one line on stderr and exit code 2."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    """Console entry point: a named error (``ReconError``) ends with one line on stderr and exit code 2;
+    warnings and errors are logged, ``-v`` adds INFO and ``-vv`` DEBUG."""
+    configure_logging(0)
     try:
         app(args=argv, prog_name="recon-train")
     except ReconError as exc:
-        typer.echo(f"{type(exc).__name__}: {' '.join(str(exc).split())}", err=True)
+        typer.echo(error_line(exc), err=True)
         raise SystemExit(2) from None

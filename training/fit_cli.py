@@ -15,6 +15,7 @@ from typing import Annotated
 
 import typer
 
+from recon_plugin.console import LOG_FORMAT, configure_logging, error_line
 from recon_plugin.errors import ReconError
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ def fit(
     from .loop import Trainer
 
     out: str | None = None
+    info = None
     try:
         cfg = load_config(config)
         out = cfg.run.out
@@ -41,19 +43,33 @@ def fit(
         metrics = trainer.fit(resume=resume)
         distributed.shutdown()
     except ReconError as exc:
-        log.error("%s: %s", type(exc).__name__, exc)
+        typer.echo(error_line(exc), err=True)
         raise typer.Exit(2) from exc
     except KeyboardInterrupt as exc:
         log.warning("stopped; resume with --resume %s", out or "<run folder>")
         raise typer.Exit(130) from exc
-    log.info("validation: %s", {k: round(v, 4) for k, v in metrics.items()})
-    log.info("wrote %s", Path(cfg.run.out) / "bundle")
+    if info is None or info.is_main:
+        typer.echo(f"validation: {({k: round(v, 4) for k, v in metrics.items()})}")
+        typer.echo(f"wrote {Path(cfg.run.out) / 'bundle'}")
+
+
+def _standalone(
+    config: Annotated[Path, typer.Option("--config", help="training configuration (TOML)")],
+    resume: Annotated[
+        Path | None, typer.Option(help="checkpoint file or run folder to continue from (newest checkpoint)")
+    ] = None,
+    verbose: Annotated[
+        int, typer.Option("--verbose", "-v", count=True, help="log progress (INFO); -vv: DEBUG too")
+    ] = 0,
+) -> None:
+    """Train an RGANCS bundle from a TOML configuration (GAN optional); Ctrl-C saves a checkpoint."""
+    configure_logging(verbose, fmt=f"%(asctime)s {LOG_FORMAT}")
+    fit(config, resume)
 
 
 def main() -> None:
-    """``python -m training.fit_cli`` (what torchrun starts): logging to stderr, then :func:`fit`."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    typer.run(fit)
+    """``python -m training.fit_cli`` (what torchrun starts): :func:`fit`, warnings logged (``-v``: INFO)."""
+    typer.run(_standalone)
 
 
 if __name__ == "__main__":

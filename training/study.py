@@ -492,15 +492,15 @@ def study(
     config: Annotated[Path, typer.Option("--config", help="study file (TOML): base config, variants, evaluations")],
 ) -> None:
     """Train variants at an equal budget, evaluate them beside zero-filled/CS-WV/CS-TV, time them; table + plot."""
-    from rich.console import Console
+    from recon_plugin.console import error_line, make_console
 
     try:
         spec = load_study(config)
         result = run_study(spec)
     except ReconError as exc:
-        log.error("%s: %s", type(exc).__name__, exc)
+        typer.echo(error_line(exc), err=True)
         raise typer.Exit(2) from exc
-    console = Console(width=200)
+    console = make_console()
     console.print(markdown_table(result))
     console.print(f"wrote {spec.out / TABLE_NAME}, {spec.out / RESULTS_NAME}, {spec.out / PLOT_NAME}")
 

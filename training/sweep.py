@@ -221,7 +221,7 @@ def sweep(
     steps: Annotated[int | None, typer.Option(help="optimiser steps per run (default: the config's)")] = None,
 ) -> None:
     """Train copies x blocks x shared variants of one config and tabulate/plot validation SNR and SSIM."""
-    from rich.console import Console
+    from recon_plugin.console import error_line, make_console
 
     try:
         try:
@@ -242,9 +242,9 @@ def sweep(
             steps=steps,
         )
     except ReconError as exc:
-        log.error("%s: %s", type(exc).__name__, exc)
+        typer.echo(error_line(exc), err=True)
         raise typer.Exit(2) from exc
-    console = Console()
+    console = make_console()
     console.print(markdown_table(results))
     console.print(f"wrote {out / TABLE_NAME}, {out / RESULTS_NAME}, {', '.join(str(out / p) for p in PLOTS.values())}")
 

@@ -82,14 +82,17 @@ def save_bundle(
     name: str | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Write ``model`` as a bundle folder; returns the sidecar path."""
+    """Write ``model`` as a bundle folder; returns the sidecar path. The files get the usual mode (0666 less the
+    umask), so a service account can load a bundle its owner trained."""
     from .. import __version__
+    from ..console import make_readable
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     weights = folder / WEIGHTS
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(weights), metadata={"format": FORMAT})
+    make_readable(weights)  # safetensors writes through a private (0600) temporary file
     sidecar = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,

@@ -15,6 +15,7 @@ import ismrmrd
 import numpy as np
 from ismrmrd.hdf5 import acquisition_header_dtype, get_hdf5type, image_header_dtype, waveform_header_dtype
 
+from ..console import make_readable
 from ..errors import IsmrmrdFormatError
 from ..kspace import parse_header
 
@@ -154,7 +155,8 @@ def write_images(
     """Write images to an ISMRMRD HDF5 file: ``<dataset>/xml`` and ``<dataset>/image_<series>`` groups.
 
     The file is written under a temporary name in the same folder and renamed into place only
-    once complete, so ``path`` never holds a partial file. An existing ``path`` is replaced.
+    once complete, so ``path`` never holds a partial file. An existing ``path`` is replaced. The file
+    gets the usual mode (0666 less the umask), not the temporary file's 0600.
 
     Raises:
         IsmrmrdFormatError: a series mixes image shapes or data types (one HDF5 group cannot hold them).
@@ -175,6 +177,7 @@ def write_images(
                     _write_series(h5[dataset_name].create_group(image_group(series)), images_by_series[series])
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
+        make_readable(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

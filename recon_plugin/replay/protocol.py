@@ -12,6 +12,7 @@ Accepted root elements: ``<configuration>`` (what Gadgetron 4 ships) and
 
 from __future__ import annotations
 
+import difflib
 import logging
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -28,6 +29,22 @@ SUPPORTED_READERS = frozenset({"AcquisitionReader", "WaveformReader"})
 SUPPORTED_WRITERS = frozenset({"ImageWriter"})
 SUPPORTED_BRANCHES = frozenset({"AcquisitionFanout"})
 SUPPORTED_MERGES = frozenset({"UnorderedMerge"})
+#: Gadgetron's other core readers and writers: real names, which need the server, never typos.
+OTHER_CORE_IO = frozenset(
+    {
+        "AcquisitionBucketReader",
+        "BufferReader",
+        "ImageReader",
+        "IsmrmrdImageArrayReader",
+        "TextReader",
+        "AcquisitionBucketWriter",
+        "AcquisitionWriter",
+        "BufferWriter",
+        "IsmrmrdImageArrayWriter",
+        "TextWriter",
+        "WaveformWriter",
+    }
+)
 
 #: What Gadgetron sends as CONFIG when an ``<external>`` has no (or an empty) ``<configuration>``.
 EMPTY_CONFIG_XML = b'<?xml version="1.0"?>\n<configuration />\n'
@@ -135,6 +152,9 @@ def _parse_io(node: ET.Element | None, tag: str, dll: str, allowed: frozenset[st
             raise ProtocolError(f"{where}: unexpected <{child.tag}> inside <{node.tag}>")
         classname = _text(child, "classname") or ""
         child_dll = _text(child, "dll") or ""
+        typo = _did_you_mean(classname, allowed) or _did_you_mean(child_dll, {dll})
+        if typo:
+            raise ProtocolError(f"{where}: {tag} {classname or '?'} ({child_dll or 'no dll'}): {typo}")
         if classname not in allowed or child_dll != dll:
             raise ProtocolError(
                 f"{where}: {tag} {classname or '?'} ({child_dll or 'no dll'}) is not one replay implements "
@@ -142,6 +162,14 @@ def _parse_io(node: ET.Element | None, tag: str, dll: str, allowed: frozenset[st
             )
         names.append(classname)
     return names
+
+
+def _did_you_mean(name: str, known: frozenset[str] | set[str]) -> str:
+    """``did you mean AcquisitionReader?`` when ``name`` is unknown but close to a known name, else ``""``."""
+    if not name or name in known or name in OTHER_CORE_IO:
+        return ""
+    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.8)
+    return f"unknown name {name!r}, did you mean {close[0]}?" if close else ""
 
 
 def _parse_stream(node: ET.Element, where: str) -> list[Step]:
