@@ -86,6 +86,34 @@ def test_mismatched_architecture_is_refused(bundle_dir):
         load_bundle(folder)
 
 
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"model": {"architecture": "unet"}}, "does not know \\(architecture\\)"),
+        ({"model": {"features": "8"}}, "features must be a int"),
+        ({"model": {"shared": 1}}, "shared must be a bool"),
+        ({"parameters": 12345}, "records 12345 parameters"),
+    ],
+)
+def test_sidecar_is_checked_field_by_field(bundle_dir, change, message):
+    """A sidecar that names another architecture, or the right one with wrong types or counts, does not load."""
+    folder, _ = bundle_dir
+    path = folder / "bundle.json"
+    original = path.read_text()
+    side = json.loads(original)
+    for key, value in change.items():
+        if isinstance(value, dict):
+            side[key].update(value)
+        else:
+            side[key] = value
+    path.write_text(json.dumps(side))
+    try:
+        with pytest.raises(BundleMismatchError, match=message):
+            load_bundle(folder)
+    finally:
+        path.write_text(original)
+
+
 def test_bad_sidecars(bundle_dir, tmp_path):
     folder, _ = bundle_dir
     with pytest.raises(BundleError, match="no model bundle"):

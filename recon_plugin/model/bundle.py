@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -148,8 +148,17 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
             f"{weights} has sha256 {digest[:12]}... but the sidecar records "
             f"{str(sidecar['weights_sha256'])[:12]}...; the weights were altered or truncated"
         )
+    described = sidecar["model"]
+    if not isinstance(described, dict):
+        raise BundleMismatchError(f"the sidecar's model description is not a table: {described!r}")
+    unknown = sorted(set(described) - {f.name for f in fields(ModelConfig)})
+    if unknown:
+        raise BundleMismatchError(
+            f"the sidecar's model names settings this plugin does not know ({', '.join(unknown)}): a bundle for "
+            "another architecture or a newer version"
+        )
     try:
-        config = ModelConfig(**sidecar["model"])
+        config = ModelConfig(**described)
     except (TypeError, ValueError) as exc:
         raise BundleMismatchError(f"the sidecar's model description is invalid: {exc}") from exc
     try:
@@ -164,6 +173,11 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
             f"the weights in {weights} do not fit the architecture in the sidecar ({config}): "
             f"{str(exc).splitlines()[0]}"
         ) from exc
+    built = sum(p.numel() for p in model.parameters())
+    if sidecar.get("parameters") is not None and sidecar["parameters"] != built:
+        raise BundleMismatchError(
+            f"the sidecar records {sidecar['parameters']} parameters, the architecture it describes has {built}"
+        )
     model.eval().to(device)
     log.info("loaded bundle %s (sha256 %s)", folder, digest[:12])
     return Bundle(model=model, sidecar=sidecar, path=folder, name=str(sidecar.get("name", folder.name)))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Literal, Protocol
 
 import torch
@@ -46,6 +46,18 @@ class ModelConfig:
     norm: Norm = "batch"
 
     def __post_init__(self) -> None:
+        for f in fields(self):  # a sidecar is JSON: "32" or 32.0 where an int belongs is an error, not a guess
+            value, default = getattr(self, f.name), f.default
+            if isinstance(default, bool):
+                ok = isinstance(value, bool)
+            elif isinstance(default, int):
+                ok = isinstance(value, int) and not isinstance(value, bool)
+            elif isinstance(default, float):
+                ok = isinstance(value, int | float) and not isinstance(value, bool)
+            else:
+                ok = isinstance(value, str)
+            if not ok:
+                raise ValueError(f"{f.name} must be a {type(default).__name__}, got {value!r}")
         if self.copies < 1 or self.blocks < 0 or self.features < 1:
             raise ValueError(f"copies, features must be >= 1 and blocks >= 0, got {self}")
         if self.data_consistency not in DATA_CONSISTENCIES:
