@@ -59,6 +59,10 @@ class IsmrmrdFormatError(InvalidInputError):
     """An ISMRMRD file, header or stream is malformed, truncated or lacks required fields."""
 
 
+class FileLockedError(InvalidInputError):
+    """A valid input file is locked by another process (e.g. an HDF5 writer that still has it open)."""
+
+
 class EncodingError(InvalidInputError):
     """The acquisition's encoding cannot be reconstructed here (non-Cartesian, no limits, lines outside the matrix)."""
 

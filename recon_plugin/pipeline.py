@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import ismrmrd
+import numpy as np
 import torch
 
 from .errors import ProtocolError
@@ -166,6 +167,23 @@ def _flag(props: dict[str, str], name: str) -> bool:
     return text in ("true", "1", "yes")
 
 
+def _check_mask_file(path: Path) -> None:
+    """A mask file must be a 2D boolean (or 0/1) .npy array with at least one sampled point: checked when the
+    gadget starts, so a wrong file fails before any data are read."""
+    hint = "write masks with numpy.save or `recon-plugin mask`"
+    try:
+        mask = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise ProtocolError(f"property mask={str(path)!r} is not a NumPy .npy array ({hint}): {exc}") from None
+    if not isinstance(mask, np.ndarray) or mask.ndim != 2:
+        shape = getattr(mask, "shape", None)
+        raise ProtocolError(f"property mask={str(path)!r} must hold a 2D array [ny, nx] (or [ky, kz]), got {shape}")
+    if mask.dtype != bool and not np.isin(mask, (0, 1)).all():
+        raise ProtocolError(f"property mask={str(path)!r} must be boolean or 0/1, got {mask.dtype} values")
+    if not mask.any():
+        raise ProtocolError(f"property mask={str(path)!r} samples no point")
+
+
 def _retro_settings(props: dict[str, str]) -> RetroSettings | None:
     """Retrospective undersampling: on with ``retro_acceleration`` >= 1 or a mask file; off with 0 or neither."""
     acceleration = _number(props, "retro_acceleration", 0.0, float)
@@ -178,6 +196,8 @@ def _retro_settings(props: dict[str, str]) -> RetroSettings | None:
     mask_file = Path(mask) if mask and mask.lower() not in FAMILIES else None
     if mask_file is not None and not mask_file.is_file():
         raise ProtocolError(f"property mask={mask!r} is neither a mask family ({', '.join(FAMILIES)}) nor a file")
+    if mask_file is not None:
+        _check_mask_file(mask_file)
     if acceleration <= 0 and mask_file is None:
         return None
     return RetroSettings(

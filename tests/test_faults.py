@@ -120,3 +120,24 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def test_a_locked_input_file_is_named_as_locked(tmp_path: Path) -> None:
+    """A raw file another process still has open for writing is 'locked', not 'truncated or corrupt'."""
+    from recon_plugin.errors import FileLockedError
+    from recon_plugin.replay import read_raw
+
+    path = tmp_path / "raw.h5"
+    code = (
+        "import h5py, sys, time\n"
+        f"f = h5py.File({str(path)!r}, 'w'); f.create_group('dataset'); f.flush()\n"
+        "print('open', flush=True); time.sleep(60)\n"
+    )
+    writer = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout is not None and writer.stdout.readline().strip() == "open"
+        with pytest.raises(FileLockedError, match="locked by another process"):
+            read_raw(path)
+    finally:
+        writer.kill()
+        writer.wait()

@@ -127,3 +127,22 @@ def test_retro_acceleration_zero_or_absent_means_off() -> None:
     for props in ({}, {"retro_acceleration": "0"}, {"retro_acceleration": ""}):
         assert GadgetSettings.from_properties("zero_filled", props).retro is None
     assert GadgetSettings.from_properties("zero_filled", {"retro_acceleration": "4"}).retro.acceleration == 4.0
+
+
+def test_mask_files_are_checked_when_the_gadget_starts(tmp_path) -> None:
+    text = tmp_path / "mask.txt"
+    text.write_text("1 0 1\n0 1 0\n")
+    with pytest.raises(ProtocolError, match=r"is not a NumPy \.npy array \(write masks with numpy\.save"):
+        GadgetSettings.from_properties("zero_filled", {"mask": str(text)})
+    for array, message in (
+        (np.ones((2, 3, 4), bool), "must hold a 2D array"),
+        (np.full((4, 4), 0.5), "must be boolean or 0/1"),
+        (np.zeros((4, 4), bool), "samples no point"),
+    ):
+        path = tmp_path / "m.npy"
+        np.save(path, array)
+        with pytest.raises(ProtocolError, match=message):
+            GadgetSettings.from_properties("zero_filled", {"mask": str(path)})
+    good = np.eye(4, dtype=np.uint8)
+    np.save(tmp_path / "ok.npy", good)
+    assert GadgetSettings.from_properties("zero_filled", {"mask": str(tmp_path / "ok.npy")}).retro.mask_file

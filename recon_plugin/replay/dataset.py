@@ -16,7 +16,7 @@ import numpy as np
 from ismrmrd.hdf5 import acquisition_header_dtype, get_hdf5type, image_header_dtype, waveform_header_dtype
 
 from ..console import make_readable
-from ..errors import IsmrmrdFormatError
+from ..errors import FileLockedError, IsmrmrdFormatError
 from ..kspace import parse_header
 
 logger = logging.getLogger(__name__)
@@ -47,6 +47,11 @@ def read_raw(path: str | Path, dataset_name: str = "dataset") -> RawData:
     try:
         h5 = h5py.File(path, "r")
     except OSError as exc:
+        if "lock" in str(exc).lower():
+            raise FileLockedError(
+                f"{path} is locked by another process that has it open for writing (HDF5 file locking): wait until "
+                "the writer has closed it (or, if it is known to be complete, set HDF5_USE_FILE_LOCKING=FALSE)"
+            ) from exc
         raise IsmrmrdFormatError(f"{path} cannot be opened as HDF5, it is truncated or corrupt ({exc})") from exc
     with h5, _corrupt_as_format_error(path):
         group = h5.get(dataset_name)
