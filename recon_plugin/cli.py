@@ -217,7 +217,10 @@ def export(
 def serve(
     port: Annotated[int, typer.Option(help="TCP port")] = 9002,
     host: Annotated[str, typer.Option(help="address to bind (loopback by default)")] = "127.0.0.1",
-    protocols: Annotated[Path | None, typer.Option(help="folder of protocols that configuration names pick")] = None,
+    protocols: Annotated[
+        Path | None,
+        typer.Option(help="folder of protocols that configuration names pick (default: the packaged protocols)"),
+    ] = None,
     idle_timeout: Annotated[float, typer.Option(help="seconds a client may stay silent")] = 300.0,
 ) -> None:
     """Serve the ISMRMRD/MRD streaming protocol (as gadgetron_ismrmrd_client and scanner-side clients speak it),
@@ -251,10 +254,12 @@ def bundle_info(bundle: Annotated[Path, typer.Argument(help="bundle folder")]) -
 
 from .bench_cli import bench  # noqa: E402
 from .client_cli import client  # noqa: E402
+from .protocols_cli import protocols_app  # noqa: E402
 from .review.cli import review_app  # noqa: E402
 
 app.command()(bench)
 app.command()(client)
+app.add_typer(protocols_app, name="protocols")
 app.add_typer(review_app, name="review", help="Blinded reader study of paired outputs, and the side-by-side report.")
 
 

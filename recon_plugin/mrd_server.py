@@ -74,12 +74,14 @@ from .errors import (
 from .kspace import parse_header
 from .replay.external import encode_message
 from .replay.protocol import ExternalStep, ParallelStep, Protocol, load_protocol
+from .sample_data import PROTOCOLS_DIR
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 9002
-DEFAULT_PROTOCOLS_DIR = Path(__file__).resolve().parents[1] / "protocols"
+#: The packaged protocols (recon_plugin/protocols in a wheel install, protocols/ in a checkout).
+DEFAULT_PROTOCOLS_DIR = PROTOCOLS_DIR
 #: Seconds the client may stay silent (any socket read) before the connection is dropped.
 DEFAULT_IDLE_TIMEOUT = 300.0
 #: Seconds the gadgets may take after the end of their input before the stream is failed.

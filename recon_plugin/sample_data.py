@@ -1,16 +1,46 @@
-"""The bundled sample data: Colin27 T1 axial slices (BSD-3-Clause, see sample_data/README.md)."""
+"""Where the shipped data are: model bundles and protocols (package data), and the checkout's sample data.
+
+The model bundles (``sample_data/weights/<bundle>``) and the protocols (``protocols/*.xml``) ship inside the
+package as ``recon_plugin/weights`` and ``recon_plugin/protocols`` (pyproject.toml maps them), so a wheel
+install finds them with :mod:`importlib.resources`; a checkout or an editable install (``pip install -e .``)
+uses the checkout's folders. The Colin27 T1 axial slices (BSD-3-Clause, see sample_data/README.md) and the
+raw sample files come with a checkout only.
+"""
 
 from __future__ import annotations
 
+import importlib.resources
 from pathlib import Path
 
 import numpy as np
 
 from .errors import InvalidInputError
 
-SAMPLE_DIR = Path(__file__).resolve().parents[1] / "sample_data"
+#: The checkout this module sits in (for an installed wheel: the site-packages folder, where no data are).
+_CHECKOUT = Path(__file__).resolve().parents[1]
+
+
+def packaged_dir(name: str, checkout: Path) -> Path:
+    """Folder ``name`` of recon_plugin's package data when the package is installed from a wheel
+    (``importlib.resources``), else ``checkout``: a checkout or editable install keeps its data in place."""
+    root = importlib.resources.files(__package__).joinpath(name)
+    if isinstance(root, Path) and root.is_dir():
+        return root
+    return checkout
+
+
+#: The checkout's sample data (Colin27 slices, raw files): absent from a wheel install.
+SAMPLE_DIR = _CHECKOUT / "sample_data"
 COLIN_FILE = SAMPLE_DIR / "colin27_t1_axial.npz"
-WEIGHTS_DIR = SAMPLE_DIR / "weights"
+#: Why the sample data may be missing (appended to the not-found errors).
+CHECKOUT_ONLY = (
+    ": the Colin27 slices and the raw sample files come with a checkout of the project (git clone), not with "
+    "the installed package; run this command from a checkout"
+)
+#: The shipped model bundles: ``recon_plugin/weights`` in a wheel install, ``sample_data/weights`` in a checkout.
+WEIGHTS_DIR = packaged_dir("weights", SAMPLE_DIR / "weights")
+#: The shipped Gadgetron protocols: ``recon_plugin/protocols`` in a wheel install, ``protocols`` in a checkout.
+PROTOCOLS_DIR = packaged_dir("protocols", _CHECKOUT / "protocols")
 #: The shipped default (docs/model_study.md): 10x1x32 shared with cg data consistency, trained on scanner-like
 #: multi-coil data. The gadgets, ``recon-plugin demo``, ``recon-plugin bench`` and ``recon-train eval`` load it.
 DEFAULT_BUNDLE = WEIGHTS_DIR / "rgancs_cg_10x1x32_multicoil"
@@ -29,7 +59,7 @@ def load_colin_slices(path: str | Path | None = None, matrix: tuple[int, int] = 
     """Axial slices [n, ny, nx] as float32 in [0, 1], centre-cropped to ``matrix``."""
     path = Path(path or COLIN_FILE)
     if not path.is_file():
-        raise InvalidInputError(f"sample data {path} not found; run from a checkout of the project")
+        raise InvalidInputError(f"sample data {path} not found" + (CHECKOUT_ONLY if path == COLIN_FILE else ""))
     slices = np.load(path)["slices"].astype(np.float32) / 255.0
     ny, nx = slices.shape[1:]
     oy, ox = (ny - matrix[0]) // 2, (nx - matrix[1]) // 2

@@ -221,12 +221,22 @@ def run_external(
 
 
 def child_environment(extra_pythonpath: Sequence[str | Path] = ()) -> dict[str, str]:
-    """The gadget's environment: ours, with the repository root (then ``extra_pythonpath``) first on PYTHONPATH."""
+    """The gadget's environment: ours, with the repository root (then ``extra_pythonpath``) first on PYTHONPATH.
+
+    The root goes there only for a checkout (or editable install): a package installed from a wheel is imported
+    by the child as by us, and its site-packages folder on PYTHONPATH would come before the standard library."""
+    import site
+    import sysconfig
+
     env = dict(os.environ)
-    parts = [str(_REPO_ROOT), *(str(p) for p in extra_pythonpath)]
+    paths = sysconfig.get_paths()
+    installed = {paths["purelib"], paths["platlib"], *site.getsitepackages(), site.getusersitepackages()}
+    root = [] if _REPO_ROOT in {Path(p).resolve() for p in installed} else [str(_REPO_ROOT)]
+    parts = [*root, *(str(p) for p in extra_pythonpath)]
     if env.get("PYTHONPATH"):
         parts.append(env["PYTHONPATH"])
-    env["PYTHONPATH"] = os.pathsep.join(parts)
+    if parts:
+        env["PYTHONPATH"] = os.pathsep.join(parts)
     return env
 
 
