@@ -47,7 +47,7 @@ def read_raw(path: str | Path, dataset_name: str = "dataset") -> RawData:
     try:
         h5 = h5py.File(path, "r")
     except OSError as exc:
-        if "lock" in str(exc).lower():
+        if isinstance(exc, BlockingIOError) or "unable to lock file" in str(exc).lower():
             raise FileLockedError(
                 f"{path} is locked by another process that has it open for writing (HDF5 file locking): wait until "
                 "the writer has closed it (or, if it is known to be complete, set HDF5_USE_FILE_LOCKING=FALSE)"
