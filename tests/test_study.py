@@ -189,3 +189,6 @@ def test_tiny_study_end_to_end(tmp_path: Path) -> None:
     stamp = bundle.stat().st_mtime_ns
     again = run_study(load_study(tmp_path / "study.toml"))
     assert again["variants"] == result["variants"] and bundle.stat().st_mtime_ns == stamp
+    retimed = run_study(load_study(tmp_path / "study.toml"), retime=True)  # timings again, nothing trained
+    assert bundle.stat().st_mtime_ns == stamp and all(r["ms_per_slice"] > 0 for r in retimed["variants"])
+    assert [r["evals"] for r in retimed["variants"]] == [r["evals"] for r in result["variants"]]

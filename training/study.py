@@ -456,8 +456,12 @@ def write_outputs(result: dict[str, Any], out: Path) -> None:
     plot_front(result, out / PLOT_NAME)
 
 
-def run_study(study: Study) -> dict[str, Any]:
-    """Baselines, then every variant (recorded ones are kept); outputs rewritten after each variant."""
+def run_study(study: Study, *, retime: bool = False) -> dict[str, Any]:
+    """Baselines, then every variant (recorded ones are kept); outputs rewritten after each variant.
+
+    ``retime`` measures every recorded variant's milliseconds per slice again, one after the other in this process:
+    timings taken while other jobs shared the CPU (a long study on a small machine) are not comparable.
+    """
     for v in study.variants:  # every configuration is valid before anything trains
         variant_config(study, v)
     study.out.mkdir(parents=True, exist_ok=True)
@@ -480,6 +484,8 @@ def run_study(study: Study) -> dict[str, Any]:
     for v in study.variants:
         known = previous.get(v.name)
         row = known if known and set(known.get("evals", {})) >= {e.name for e in study.evals} else run_variant(study, v)
+        if retime and row is known:
+            row["ms_per_slice"] = time_bundle(Path(row["bundle"]), study.timing_case, study.timing_repeats)
         result["variants"].append(row)
         result["front"] = pareto_front(result["variants"], study.primary)
         result["pick"] = pick(result["variants"], study.primary, study.time_budget_ms)
@@ -490,13 +496,16 @@ def run_study(study: Study) -> dict[str, Any]:
 
 def study(
     config: Annotated[Path, typer.Option("--config", help="study file (TOML): base config, variants, evaluations")],
+    retime: Annotated[
+        bool, typer.Option(help="time every recorded variant again in this run (comparable ms per slice)")
+    ] = False,
 ) -> None:
     """Train variants at an equal budget, evaluate them beside zero-filled/CS-WV/CS-TV, time them; table + plot."""
     from recon_plugin.console import error_line, make_console
 
     try:
         spec = load_study(config)
-        result = run_study(spec)
+        result = run_study(spec, retime=retime)
     except ReconError as exc:
         typer.echo(error_line(exc), err=True)
         raise typer.Exit(2) from exc
