@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from . import __version__
+from .cli_options import SERVER_PORT, byte_size, positive_seconds
 from .console import configure_logging, make_console
 from .errors import ReconError
 
@@ -215,13 +216,39 @@ def export(
 
 @app.command()
 def serve(
-    port: Annotated[int, typer.Option(help="TCP port")] = 9002,
+    port: Annotated[int, typer.Option(help="TCP port (0: any free port)", **SERVER_PORT)] = 9002,
     host: Annotated[str, typer.Option(help="address to bind (loopback by default)")] = "127.0.0.1",
     protocols: Annotated[
         Path | None,
         typer.Option(help="folder of protocols that configuration names pick (default: the packaged protocols)"),
     ] = None,
-    idle_timeout: Annotated[float, typer.Option(help="seconds a client may stay silent")] = 300.0,
+    idle_timeout: Annotated[
+        float, typer.Option(help="seconds a client may stay silent", callback=positive_seconds)
+    ] = 300.0,
+    handshake_timeout: Annotated[
+        float,
+        typer.Option(
+            help="seconds a new client has (waiting in all) to send its configuration and header",
+            callback=positive_seconds,
+        ),
+    ] = 10.0,
+    max_concurrent: Annotated[int, typer.Option(help="connections open at once; more wait to be accepted", min=1)] = 32,
+    max_per_peer: Annotated[
+        int, typer.Option(help="connections from one address at once; more are refused", min=1)
+    ] = 8,
+    max_exams: Annotated[
+        int,
+        typer.Option(help="exams past their handshake (reading data, reconstructing) at once; others wait", min=1),
+    ] = 4,
+    max_exam_bytes: Annotated[
+        int,
+        typer.Option(
+            help="bytes of acquisitions and waveforms one exam may send (8G, 512M, 1000000...)",
+            parser=byte_size,
+            metavar="BYTES",
+            show_default="8G",
+        ),
+    ] = 8 * 2**30,
 ) -> None:
     """Serve the ISMRMRD/MRD streaming protocol (as gadgetron_ismrmrd_client and scanner-side clients speak it),
     running the same gadgets as the Gadgetron path."""
@@ -231,7 +258,18 @@ def serve(
     ready = ServerReady()
     console.print(f"serving MRD on {host}:{port}, protocols from {protocols or DEFAULT_PROTOCOLS_DIR} (Ctrl-C stops)")
     try:
-        run_server(host, port, protocols or DEFAULT_PROTOCOLS_DIR, idle_timeout=idle_timeout, ready=ready)
+        run_server(
+            host,
+            port,
+            protocols or DEFAULT_PROTOCOLS_DIR,
+            idle_timeout=idle_timeout,
+            handshake_timeout=handshake_timeout,
+            max_concurrent=max_concurrent,
+            max_per_peer=max_per_peer,
+            max_exams=max_exams,
+            max_exam_bytes=max_exam_bytes,
+            ready=ready,
+        )
     except KeyboardInterrupt:
         console.print("stopped")
     except OSError as exc:

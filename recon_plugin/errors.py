@@ -97,3 +97,27 @@ class UnknownConfigurationError(ProtocolError):
 
 class ClientDisconnectedError(ReconError, ConnectionError):
     """The client closed the connection before the end of its stream."""
+
+
+class MessageTooLargeError(ProtocolError):
+    """A client's message declares more data than the server accepts (refused before its data is read)."""
+
+
+class ExamTooLargeError(MessageTooLargeError):
+    """A client's exam sent more bytes than the server accepts for one exam (``serve --max-exam-bytes``)."""
+
+
+class ServerBusyError(ReconError):
+    """The server cannot take this connection now (no free exam slot in time); try again later."""
+
+
+class TooManyConnectionsError(ServerBusyError):
+    """The client's address already holds as many connections as the server allows (``serve --max-per-peer``)."""
+
+
+class OutputPathError(ReconError):
+    """An output file cannot be written: its folder is missing or not writable, or the path is a folder."""
+
+
+class OutputExistsError(OutputPathError):
+    """The output file exists already and replacing it was not asked for (``--overwrite``)."""

@@ -30,11 +30,28 @@ all branches go to the client as they come, one whole message at a time under on
 
 Threading: one thread per connection (at most ``max_concurrent`` at once; more wait in the listen
 backlog) reads the client's messages and feeds the gadget threads. Aborts (a client silent for
-``idle_timeout``, an unexpected message, a bad header or configuration) send ERROR + CLOSE and drop
-the connection; gadget output after that is discarded. A client that disconnects is logged as
-ClientDisconnectedError. In every case each gadget's input is ended with an end-of-input sentinel,
-so gadget threads always end (a gadget that is reconstructing finishes; writes to a dead socket are
-dropped), and the server goes on serving the next connection.
+``idle_timeout``, an unexpected message, a bad header or configuration, a limit below) send ERROR +
+CLOSE and drop the connection; gadget output after that is discarded. A client that disconnects is
+logged as ClientDisconnectedError. After CLOSE each gadget's input is ended and the gadget finishes
+its reconstruction; when the input did not end with CLOSE (disconnect, abort, server stopping) the
+gadgets are *stopped*: their queued input is freed and their next read or ``send`` raises
+``PeerGoneError`` (the gadgets' own "nobody to report to" error), so no half exam is reconstructed for
+a client that is gone. A gadget whose client vanished after CLOSE is stopped at its next ``send``.
+
+Limits (hostile or broken clients must not exhaust the server):
+
+* Handshake: the configuration and the header must arrive within ``handshake_timeout`` seconds of
+  waiting (StreamTimeoutError); after that a client may stay silent ``idle_timeout`` seconds.
+* Connections: at most ``max_concurrent`` at once, at most ``max_per_peer`` from one address (more are
+  answered TooManyConnectionsError + CLOSE at once), and at most ``max_exams`` exams past their
+  handshake (reading data, reconstructing); a connection waits up to ``idle_timeout`` for an exam
+  slot, then gets ServerBusyError.
+* Messages: each acquisition's and waveform's 340- / 40-byte header is checked against
+  :class:`MessageLimits` (from the exam's ISMRMRD header) *before* its data is read or allocated, and
+  the bytes of one exam are capped at ``max_exam_bytes``: MessageTooLargeError / ExamTooLargeError,
+  naming the limit. Reads grow their buffer as data arrives, so a declared length costs nothing
+  until it is sent. Worst case: ``max_exams`` x branches x ``max_exam_bytes`` of queued data plus
+  what the gadgets hold, and ``max_concurrent`` handshakes of at most 2 x 16 MiB.
 
 Security: a configuration *text* may name any importable Python module as a gadget, exactly as with
 Gadgetron. The server binds 127.0.0.1 unless another host is given explicitly.
@@ -43,11 +60,13 @@ Gadgetron. The server binds 127.0.0.1 unless another host is given explicitly.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import importlib
 import inspect
 import io
 import ipaddress
 import logging
+import math
 import queue
 import socket
 import struct
@@ -64,14 +83,18 @@ import ismrmrd
 
 from .errors import (
     ClientDisconnectedError,
+    ExamTooLargeError,
     GadgetFailedError,
     IsmrmrdFormatError,
+    MessageTooLargeError,
     ProtocolError,
     ReconError,
+    ServerBusyError,
     StreamTimeoutError,
+    TooManyConnectionsError,
     UnknownConfigurationError,
 )
-from .kspace import parse_header
+from .kspace import MAX_MATRIX, parse_header
 from .replay.external import encode_message
 from .replay.protocol import ExternalStep, ParallelStep, Protocol, load_protocol
 from .sample_data import PROTOCOLS_DIR
@@ -84,10 +107,33 @@ DEFAULT_PORT = 9002
 DEFAULT_PROTOCOLS_DIR = PROTOCOLS_DIR
 #: Seconds the client may stay silent (any socket read) before the connection is dropped.
 DEFAULT_IDLE_TIMEOUT = 300.0
+#: Seconds of waiting for the configuration and the header (in all) before the connection is dropped.
+DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 #: Seconds the gadgets may take after the end of their input before the stream is failed.
 DEFAULT_HANDLER_TIMEOUT = 3600.0
-#: Connections served at the same time; further clients wait in the listen backlog.
-DEFAULT_MAX_CONCURRENT = 4
+#: Connections open at the same time (handshakes included); further clients wait in the listen backlog.
+DEFAULT_MAX_CONCURRENT = 32
+#: Connections from one address at the same time; more are refused with TooManyConnectionsError.
+DEFAULT_MAX_PER_PEER = 8
+#: Exams past their handshake (reading data, reconstructing) at the same time; others wait for a slot.
+DEFAULT_MAX_EXAMS = 4
+#: Bytes of acquisitions and waveforms one exam may send (the 3D reference exam is about 330 MB).
+DEFAULT_MAX_EXAM_BYTES = 8 * 2**30
+#: Samples per readout may exceed the header's largest encoded (or recon) matrix x by this factor.
+SAMPLES_SLACK = 2
+#: Samples per readout always allowed, whatever the header's matrix.
+MIN_SAMPLES_LIMIT = 256
+#: Channels per acquisition when the header states no receiverChannels.
+DEFAULT_MAX_CHANNELS = 256
+#: Channels per acquisition at most, even when the header's receiverChannels says more.
+MAX_CHANNELS = 1024
+#: Trajectory dimensions per acquisition (0 for Cartesian data; 2 or 3 for k-space coordinates).
+MAX_TRAJECTORY_DIMENSIONS = 4
+#: Waveform (physiology) channels and samples per waveform message.
+MAX_WAVEFORM_CHANNELS = 64
+MAX_WAVEFORM_SAMPLES = 16384
+#: Connections being refused (ERROR + CLOSE) at the same time; beyond, a refused socket is just closed.
+MAX_REFUSING = 16
 #: Seconds ``stop`` waits for running connections before aborting them.
 SHUTDOWN_GRACE = 10.0
 #: After an abort, unread client input is discarded for at most this long (so CLOSE is not lost to a reset).
@@ -110,7 +156,12 @@ _ID = struct.Struct("<H")
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 _END = object()  # end-of-input sentinel on a gadget's queue
+_CANCEL = object()  # stop sentinel: the client is gone or the stream was aborted
 _POLL = 0.2
+#: Reads up to this size get their whole buffer at once; larger ones grow it as the data arrives.
+_READ_CHUNK = 1 << 20
+_ACQUISITION_HEADER_BYTES = ctypes.sizeof(ismrmrd.AcquisitionHeader)
+_WAVEFORM_HEADER_BYTES = ctypes.sizeof(ismrmrd.WaveformHeader)
 
 Target = Callable[[Any], None]
 
@@ -220,6 +271,106 @@ def load_target(step: ExternalStep) -> Target:
     raise ProtocolError(f"gadget {step.name}: module {step.module!r} has no callable {step.target!r}")
 
 
+# --------------------------------------------------------------------------------------------- message limits
+
+
+def _size(nbytes: int) -> str:
+    return f"{nbytes / 2**30:.1f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"
+
+
+@dataclass(frozen=True)
+class MessageLimits:
+    """The largest acquisition and waveform one exam may declare, derived from its ISMRMRD header.
+
+    ``samples``: :data:`SAMPLES_SLACK` x the largest encoded (or recon) matrix x of the header's
+    encodings (oversampling, asymmetric echo), at least :data:`MIN_SAMPLES_LIMIT`; ``channels``: the
+    header's receiverChannels (at most :data:`MAX_CHANNELS`), else :data:`DEFAULT_MAX_CHANNELS`.
+    ``samples_basis`` / ``channels_basis`` say where each came from (for the error message).
+    """
+
+    samples: int
+    channels: int
+    samples_basis: str = ""
+    channels_basis: str = ""
+    trajectory_dimensions: int = MAX_TRAJECTORY_DIMENSIONS
+    waveform_channels: int = MAX_WAVEFORM_CHANNELS
+    waveform_samples: int = MAX_WAVEFORM_SAMPLES
+
+    @classmethod
+    def from_header(cls, header: Any) -> MessageLimits:
+        """Limits for an exam with this (parsed) ISMRMRD header."""
+        widths = []
+        for encoding in getattr(header, "encoding", None) or []:
+            for space in (getattr(encoding, "encodedSpace", None), getattr(encoding, "reconSpace", None)):
+                with contextlib.suppress(AttributeError, TypeError, ValueError):
+                    widths.append(int(space.matrixSize.x))  # type: ignore[union-attr]
+        widths = [w for w in widths if w > 0]
+        if widths:
+            width = min(max(widths), MAX_MATRIX[0])
+            samples = max(SAMPLES_SLACK * width, MIN_SAMPLES_LIMIT)
+            samples_basis = f"{SAMPLES_SLACK} x the header's encoded matrix x of {max(widths)}"
+        else:
+            samples = SAMPLES_SLACK * MAX_MATRIX[0]
+            samples_basis = "the header states no encoded matrix"
+        info = getattr(header, "acquisitionSystemInformation", None)
+        receivers = getattr(info, "receiverChannels", None)
+        try:
+            receivers = int(receivers) if receivers is not None else 0
+        except (TypeError, ValueError):
+            receivers = 0
+        if receivers > 0:
+            channels = min(receivers, MAX_CHANNELS)
+            channels_basis = f"the header's receiverChannels {receivers}" + (
+                f", capped at {MAX_CHANNELS}" if receivers > MAX_CHANNELS else ""
+            )
+        else:
+            channels = DEFAULT_MAX_CHANNELS
+            channels_basis = "the header states no receiverChannels"
+        return cls(samples, channels, samples_basis, channels_basis)
+
+    def acquisition_bytes(self, head: bytes, what: str) -> int:
+        """Bytes of trajectory and data that follow this 340-byte acquisition header.
+
+        Raises:
+            MessageTooLargeError: more samples, channels or trajectory dimensions than allowed.
+        """
+        acq = ismrmrd.AcquisitionHeader.from_buffer_copy(head)
+        samples, channels, dims = int(acq.number_of_samples), int(acq.active_channels), int(acq.trajectory_dimensions)
+        nbytes = samples * (dims * 4 + channels * 8)
+        over = []
+        if samples > self.samples:
+            over.append(f"{samples} samples (at most {self.samples}: {self.samples_basis})")
+        if channels > self.channels:
+            over.append(f"{channels} channels (at most {self.channels}: {self.channels_basis})")
+        if dims > self.trajectory_dimensions:
+            over.append(f"{dims} trajectory dimensions (at most {self.trajectory_dimensions})")
+        if over:
+            raise MessageTooLargeError(
+                f"{what} declares {' and '.join(over)}, {_size(nbytes)} of data; refused before reading it"
+            )
+        return nbytes
+
+    def waveform_bytes(self, head: bytes, what: str) -> int:
+        """Bytes of data that follow this 40-byte waveform header.
+
+        Raises:
+            MessageTooLargeError: more channels or samples than allowed.
+        """
+        wav = ismrmrd.WaveformHeader.from_buffer_copy(head)
+        channels, samples = int(wav.channels), int(wav.number_of_samples)
+        nbytes = channels * samples * 4
+        over = []
+        if channels > self.waveform_channels:
+            over.append(f"{channels} channels (at most {self.waveform_channels})")
+        if samples > self.waveform_samples:
+            over.append(f"{samples} samples (at most {self.waveform_samples})")
+        if over:
+            raise MessageTooLargeError(
+                f"{what} declares {' and '.join(over)}, {_size(nbytes)} of data; refused before reading it"
+            )
+        return nbytes
+
+
 # --------------------------------------------------------------------------------------------- client I/O
 
 
@@ -306,6 +457,7 @@ class ServerConnection:
         inbox: queue.Queue,
         channel: _ClientChannel,
         input_timeout: float,
+        stopped: threading.Event | None = None,
     ) -> None:
         self.config = _parse_config(step.config_xml, step.name)
         self.header = header
@@ -314,9 +466,11 @@ class ServerConnection:
         self._inbox = inbox
         self._channel = channel
         self._input_timeout = input_timeout
+        self._stopped = stopped if stopped is not None else threading.Event()
         self._ended = False
 
     def __iter__(self) -> Iterator[Any]:
+        """The incoming items until the end of the input; ``PeerGoneError`` once the gadget is stopped."""
         while not self._ended:
             try:
                 item = self._inbox.get(timeout=self._input_timeout)
@@ -326,11 +480,26 @@ class ServerConnection:
             if item is _END:
                 self._ended = True
                 return
+            if item is _CANCEL:
+                self._ended = True
+                raise _peer_gone("the client is gone or its stream was aborted: the gadget's input was cut")
             yield item
 
     def send(self, item: object) -> None:
-        """Send an image to the client (acquisitions and waveforms are dropped; other types: TypeError)."""
+        """Send an image to the client (acquisitions and waveforms are dropped; other types: TypeError).
+
+        Raises ``PeerGoneError`` once the gadget is stopped or the client's socket failed: nobody gets the images.
+        """
+        if self._stopped.is_set() or self._channel.dead:
+            raise _peer_gone("the client is gone or its stream was aborted: nobody receives the images")
         self._channel.send_item(item)
+
+
+def _peer_gone(text: str) -> ConnectionError:
+    """The gadgets' PeerGoneError (they stop quietly on it); imported late, it pulls in the reconstruction stack."""
+    from .gadgets import PeerGoneError
+
+    return PeerGoneError(text)
 
 
 def _parse_config(config_xml: bytes, name: str) -> ET.Element | None:
@@ -344,30 +513,64 @@ def _parse_config(config_xml: bytes, name: str) -> ET.Element | None:
 
 
 class _Inbound:
-    """Reads from the client; every read is bounded by ``timeout`` seconds of silence."""
+    """Reads from the client; every read is bounded by ``timeout`` seconds of silence, and during the
+    handshake (:meth:`start_handshake`) by what is left of the handshake's time."""
 
     def __init__(self, sock: socket.socket, timeout: float) -> None:
         self._sock = sock
         self._timeout = timeout
+        self._handshake: float | None = None  # the handshake's seconds in all, while it runs
+        self._left = 0.0  # seconds of waiting the handshake has left
         self.what = "the configuration"
 
+    def start_handshake(self, seconds: float) -> None:
+        """From now on, waits in all may last ``seconds`` (time spent on the server's side does not count)."""
+        self._handshake, self._left = seconds, seconds
+
+    def end_handshake(self) -> None:
+        self._handshake = None
+        self._sock.settimeout(self._timeout)
+
+    def _timed_out(self) -> StreamTimeoutError:
+        if self._handshake is not None and self._left <= 0.001:
+            return StreamTimeoutError(
+                f"the client did not send its configuration and header within the handshake timeout of "
+                f"{self._handshake:g} s (the server was waiting for {self.what}); the connection was dropped"
+            )
+        return StreamTimeoutError(
+            f"the client sent nothing for {self._timeout:g} s while the server waited for {self.what}; "
+            "the connection was dropped"
+        )
+
+    def _recv_into(self, view: memoryview) -> int:
+        if self._handshake is not None:
+            if self._left <= 0.001:
+                raise self._timed_out()
+            self._sock.settimeout(min(self._timeout, self._left))
+        began = time.monotonic()
+        try:
+            count = self._sock.recv_into(view)
+        except TimeoutError:
+            if self._handshake is not None:
+                self._left -= time.monotonic() - began
+            raise self._timed_out() from None
+        except OSError as exc:
+            raise ClientDisconnectedError(f"the client connection failed while sending {self.what}: {exc}") from exc
+        if self._handshake is not None:
+            self._left -= time.monotonic() - began
+        if count == 0:
+            raise ClientDisconnectedError(f"the client closed the connection before the end of {self.what}")
+        return count
+
     def read(self, nbytes: int) -> bytes:
-        buffer = bytearray(nbytes)
-        view = memoryview(buffer)
+        """Exactly ``nbytes``; beyond :data:`_READ_CHUNK` the buffer grows only as the data arrives."""
+        buffer = bytearray(min(nbytes, _READ_CHUNK))
         got = 0
         while got < nbytes:
-            try:
-                count = self._sock.recv_into(view[got:], nbytes - got)
-            except TimeoutError:
-                raise StreamTimeoutError(
-                    f"the client sent nothing for {self._timeout:g} s while the server waited for {self.what}; "
-                    "the connection was dropped"
-                ) from None
-            except OSError as exc:
-                raise ClientDisconnectedError(f"the client connection failed while sending {self.what}: {exc}") from exc
-            if count == 0:
-                raise ClientDisconnectedError(f"the client closed the connection before the end of {self.what}")
-            got += count
+            if got == len(buffer):
+                buffer.extend(bytes(min(nbytes - got, len(buffer))))  # at most twice what has arrived
+            with memoryview(buffer) as whole, whole[got:] as view:
+                got += self._recv_into(view)
         return bytes(buffer)
 
     def u16(self) -> int:
@@ -376,25 +579,25 @@ class _Inbound:
     def text(self, what: str) -> bytes:
         (length,) = _U32.unpack(self.read(_U32.size))
         if length > MAX_TEXT_BYTES:
-            raise ProtocolError(f"{what} of {length} bytes is larger than {MAX_TEXT_BYTES} (corrupt stream?)")
+            raise MessageTooLargeError(
+                f"{what} of {length} bytes is larger than the {MAX_TEXT_BYTES} bytes this server reads "
+                "(corrupt stream?)"
+            )
         return self.read(length).rstrip(b"\0")
 
-    def message(self, kind: type) -> tuple[Any, bytes]:
-        """One ISMRMRD acquisition or waveform, and its serialised bytes (to make copies)."""
-        chunks: list[bytes] = []
+    def message(self, kind: type, payload_bytes: Callable[[bytes], int]) -> tuple[Any, bytes]:
+        """One ISMRMRD acquisition or waveform, and its serialised bytes (to make copies).
 
-        def read(nbytes: int) -> bytes:
-            chunk = self.read(nbytes)
-            chunks.append(chunk)
-            return chunk
-
+        ``payload_bytes(header)`` checks the fixed-size header and returns how many bytes follow it;
+        it raises (MessageTooLargeError ...) before anything more is read or allocated.
+        """
+        head = self.read(_ACQUISITION_HEADER_BYTES if kind is ismrmrd.Acquisition else _WAVEFORM_HEADER_BYTES)
+        raw = head + self.read(payload_bytes(head))
         try:
-            item = kind.deserialize_from(read)
-        except ReconError:
-            raise
+            item = kind.deserialize_from(io.BytesIO(raw).read)
         except Exception as exc:  # malformed sizes: whatever the ismrmrd parsers raise
             raise IsmrmrdFormatError(f"{self.what} does not deserialise: {describe(exc)}") from exc
-        return item, b"".join(chunks)
+        return item, raw
 
 
 # --------------------------------------------------------------------------------------------- one connection
@@ -406,6 +609,7 @@ class _Gadget:
     target: Target
     inbox: queue.Queue = field(default_factory=queue.Queue)
     finished: threading.Event = field(default_factory=threading.Event)
+    stopped: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
     ended_input: bool = False
 
@@ -418,12 +622,23 @@ class _Gadget:
             self.ended_input = True
             self.inbox.put(_END)
 
+    def stop(self) -> None:
+        """Free the queued input and make the gadget's next read or ``send`` raise PeerGoneError."""
+        self.stopped.set()
+        if not self.ended_input:
+            self.ended_input = True
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    self.inbox.get_nowait()
+            self.inbox.put(_CANCEL)
+
 
 @dataclass
 class _Summary:
     config: str = "?"
     acquisitions: int = 0
     waveforms: int = 0
+    nbytes: int = 0
     outcome: str = "ok"
 
 
@@ -438,16 +653,22 @@ class _Session:
         self.inbound = _Inbound(sock, server.idle_timeout)
         self.gadgets: list[_Gadget] = []
         self.summary = _Summary()
+        self.limits = MessageLimits(0, 0)
         self.input_complete = False
+        self._exam_slot = False
 
     def run(self) -> None:
         start = time.monotonic()
         self.sock.settimeout(self.server.idle_timeout)
         aborted = False
         try:
+            self.inbound.start_handshake(self.server.handshake_timeout)
             protocol = self._read_configuration()
             gadgets = [_Gadget(branch, load_target(branch.step)) for branch in plan_branches(protocol)]
             header_xml, header = self._read_header()
+            self.inbound.end_handshake()
+            self.limits = MessageLimits.from_header(header)
+            self._take_exam_slot()
             self._start(gadgets, header, header_xml)
             self._pump(protocol)
         except ClientDisconnectedError as exc:
@@ -465,25 +686,57 @@ class _Session:
             logger.exception("client %s: internal error", self.label)
             self.channel.send_error(f"internal server error {describe(exc)}")
         finally:
+            if not self.input_complete and self.gadgets:
+                logger.info(
+                    "client %s: stopping %d gadget(s): the stream ended without CLOSE", self.label, len(self.gadgets)
+                )
             for gadget in self.gadgets:
-                gadget.end_input()
+                if self.input_complete:
+                    gadget.end_input()
+                else:  # nobody will get this exam's images: do not reconstruct it
+                    gadget.stop()
         try:
             if aborted or self.channel.dead:
-                self._finish()
+                self.channel.close_stream()  # CLOSE at once; stopped gadgets end at their next read or send
                 self._join_gadgets(report=False)
             else:
                 self._join_gadgets(report=True)
-                self._finish()
+            self._release_exam_slot()
+            self._finish()
         finally:
+            self._release_exam_slot()
             with contextlib.suppress(OSError):
                 self.sock.close()
         s, c = self.summary, self.channel
         dropped = "".join(f", {n} {kind}s dropped" for kind, n in c.dropped.items())
         logger.info(
-            "client %s: configuration %s, %d acquisitions, %d waveforms in; %d images, %d errors out%s; %s; %.2f s",
-            self.label, s.config, s.acquisitions, s.waveforms, c.images, c.errors, dropped, s.outcome,
+            "client %s: configuration %s, %d acquisitions, %d waveforms (%d bytes) in; %d images, %d errors out%s; "
+            "%s; %.2f s",
+            self.label, s.config, s.acquisitions, s.waveforms, s.nbytes, c.images, c.errors, dropped, s.outcome,
             time.monotonic() - start,
         )  # fmt: skip
+
+    def _take_exam_slot(self) -> None:
+        """Wait (at most ``idle_timeout``) until fewer than ``max_exams`` exams are past their handshake."""
+        server = self.server
+        began = time.monotonic()
+        while not server.exam_slots.acquire(timeout=_POLL):
+            if server.stopping():
+                raise ServerBusyError("the MRD server is stopping; send the exam again once it is back")
+            if time.monotonic() - began >= server.idle_timeout:
+                raise ServerBusyError(
+                    f"all {server.max_exams} exam slots of this MRD server stayed busy for {server.idle_timeout:g} s; "
+                    "send the exam again later (serve --max-exams sets the number)"
+                )
+        self._exam_slot = True
+        waited = time.monotonic() - began
+        if waited > 1.0:
+            logger.info("client %s: waited %.1f s for an exam slot", self.label, waited)
+
+    def _release_exam_slot(self) -> None:
+        if self._exam_slot:
+            self._exam_slot = False
+            self.server.exam_slots.release()
 
     def _read_configuration(self) -> Protocol:
         self.inbound.what = "the configuration"
@@ -520,7 +773,7 @@ class _Session:
         input_timeout = self.server.idle_timeout + 30.0
         for gadget in gadgets:
             connection = ServerConnection(
-                gadget.branch.step, header, header_xml, gadget.inbox, self.channel, input_timeout
+                gadget.branch.step, header, header_xml, gadget.inbox, self.channel, input_timeout, gadget.stopped
             )
             name = f"mrd-gadget-{gadget.branch.key or gadget.branch.step.target}"
             gadget.thread = threading.Thread(
@@ -529,6 +782,21 @@ class _Session:
             self.gadgets.append(gadget)
             gadget.thread.start()
 
+    def _payload_bytes(self, kind: type, head: bytes) -> int:
+        """Check a message's header against the limits; the bytes that follow it."""
+        if kind is ismrmrd.Acquisition:
+            nbytes = self.limits.acquisition_bytes(head, self.inbound.what)
+        else:
+            nbytes = self.limits.waveform_bytes(head, self.inbound.what)
+        total = self.summary.nbytes + _ID.size + len(head) + nbytes
+        if total > self.server.max_exam_bytes:
+            raise ExamTooLargeError(
+                f"{self.inbound.what} would bring this exam to {total:,} bytes, over the server's limit of "
+                f"{self.server.max_exam_bytes:,} bytes per exam (serve --max-exam-bytes); refused before reading it"
+            )
+        self.summary.nbytes = total
+        return nbytes
+
     def _pump(self, protocol: Protocol) -> None:
         """Read acquisitions and waveforms until CLOSE and hand them to the gadgets."""
         single = len(self.gadgets) == 1
@@ -536,6 +804,8 @@ class _Session:
         if not waveforms_to_gadget:
             why = "AcquisitionFanout passes acquisitions only" if not single else "the protocol has no WaveformReader"
             logger.debug("client %s: waveforms will be dropped (%s)", self.label, why)
+        acquisition_bytes = lambda head: self._payload_bytes(ismrmrd.Acquisition, head)  # noqa: E731
+        waveform_bytes = lambda head: self._payload_bytes(ismrmrd.Waveform, head)  # noqa: E731
         while True:
             self.inbound.what = f"message {self.summary.acquisitions + self.summary.waveforms + 1} (or CLOSE)"
             mid = self.inbound.u16()
@@ -544,12 +814,12 @@ class _Session:
                 return
             if mid == MSG_ACQUISITION:
                 self.inbound.what = f"acquisition {self.summary.acquisitions}"
-                item, raw = self.inbound.message(ismrmrd.Acquisition)
+                item, raw = self.inbound.message(ismrmrd.Acquisition, acquisition_bytes)
                 self.summary.acquisitions += 1
                 self._fan_out(item, raw, ismrmrd.Acquisition, self.gadgets)
             elif mid == MSG_WAVEFORM:
                 self.inbound.what = f"waveform {self.summary.waveforms}"
-                item, raw = self.inbound.message(ismrmrd.Waveform)
+                item, raw = self.inbound.message(ismrmrd.Waveform, waveform_bytes)
                 self.summary.waveforms += 1
                 if waveforms_to_gadget:
                     self._fan_out(item, raw, ismrmrd.Waveform, self.gadgets)
@@ -593,13 +863,16 @@ class _Session:
 
 
 def _run_gadget(gadget: _Gadget, connection: ServerConnection, channel: _ClientChannel) -> None:
-    """A gadget thread: call the target; a target that raises is reported as ERROR."""
+    """A gadget thread: call the target; a target that raises is reported as ERROR (unless it was stopped)."""
     name = gadget.branch.step.name
     try:
         gadget.target(connection)
     except BaseException as exc:  # a foreign target may raise anything; report it, never vanish
-        logger.exception("gadget %s raised", name)
-        channel.send_error(describe(GadgetFailedError(f"gadget {name} raised {describe(exc)}")), from_gadget=True)
+        if gadget.stopped.is_set() or channel.dead:  # nobody to report to: the PeerGoneError it was given
+            logger.info("gadget %s stopped: %s", name, describe(exc))
+        else:
+            logger.exception("gadget %s raised", name)
+            channel.send_error(describe(GadgetFailedError(f"gadget {name} raised {describe(exc)}")), from_gadget=True)
     finally:
         gadget.finished.set()
         with contextlib.suppress(queue.Empty):  # free what it did not read
@@ -633,12 +906,24 @@ class ServerReady(threading.Event):
         return self.address[1]
 
 
+def _check_setting(name: str, value: float, *, integer: bool = False, minimum: float = 0.0) -> None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > minimum
+    if not ok or (integer and int(value) != value):
+        kind = "an integer" if integer else "a finite number"
+        raise ValueError(f"{name} must be {kind} > {minimum:g}, got {value!r}")
+
+
 class MrdServer:
     """The MRD server. ``bind()`` then ``serve_forever()``, or use :func:`serve`.
 
     ``port=0`` picks a free port (see :attr:`port` after ``bind``). ``max_connections`` stops accepting
     after that many connections and returns once they are done (None: until stopped). Connections run
-    concurrently, one thread each, at most ``max_concurrent`` at once.
+    concurrently, one thread each: at most ``max_concurrent`` at once, ``max_per_peer`` of them from one
+    address, ``max_exams`` of them past the handshake (which must end within ``handshake_timeout``
+    seconds of waiting); one exam may send ``max_exam_bytes``. See the module's "Limits".
+
+    Raises:
+        ValueError: a setting out of its domain (timeouts and limits must be positive, counts integers).
     """
 
     def __init__(
@@ -648,24 +933,56 @@ class MrdServer:
         protocols_dir: str | Path = DEFAULT_PROTOCOLS_DIR,
         *,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
         handler_timeout: float = DEFAULT_HANDLER_TIMEOUT,
         max_concurrent: int = DEFAULT_MAX_CONCURRENT,
+        max_per_peer: int = DEFAULT_MAX_PER_PEER,
+        max_exams: int = DEFAULT_MAX_EXAMS,
+        max_exam_bytes: int = DEFAULT_MAX_EXAM_BYTES,
         max_connections: int | None = None,
     ) -> None:
-        if idle_timeout <= 0 or handler_timeout <= 0:
-            raise ValueError("idle_timeout and handler_timeout must be positive")
+        for name, value in (
+            ("idle_timeout", idle_timeout),
+            ("handshake_timeout", handshake_timeout),
+            ("handler_timeout", handler_timeout),
+        ):
+            _check_setting(name, value)
+        for name, value in (
+            ("max_concurrent", max_concurrent),
+            ("max_per_peer", max_per_peer),
+            ("max_exams", max_exams),
+            ("max_exam_bytes", max_exam_bytes),
+        ):
+            _check_setting(name, value, integer=True)
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
+            raise ValueError(f"port must be an integer 0-65535 (0: any free port), got {port!r}")
         self.host = host
         self.requested_port = port
         self.protocols_dir = Path(protocols_dir)
         self.idle_timeout = float(idle_timeout)
+        self.handshake_timeout = float(handshake_timeout)
         self.handler_timeout = float(handler_timeout)
+        self.max_concurrent = int(max_concurrent)
+        self.max_per_peer = int(max_per_peer)
+        self.max_exams = int(max_exams)
+        self.max_exam_bytes = int(max_exam_bytes)
         self.max_connections = max_connections
-        self._slots = threading.Semaphore(max(1, int(max_concurrent)))
+        self._slots = threading.Semaphore(self.max_concurrent)
+        #: Exams past their handshake; a session holds one from its header until its gadgets ended.
+        self.exam_slots = threading.Semaphore(self.max_exams)
+        self._refusing = threading.Semaphore(MAX_REFUSING)
+        self._per_peer: dict[str, int] = {}
         self._listener: socket.socket | None = None
         self._stop = threading.Event()
+        self._stop_requested: threading.Event | None = None
         self._lock = threading.Lock()
         self._active: dict[threading.Thread, socket.socket] = {}
         self.connections = 0
+        self.refused = 0
+
+    def stopping(self) -> bool:
+        """True once :meth:`shutdown` was called or the ``stop`` event of ``serve_forever`` is set."""
+        return self._stop.is_set() or (self._stop_requested is not None and self._stop_requested.is_set())
 
     @property
     def address(self) -> tuple[str, int]:
@@ -706,14 +1023,18 @@ class MrdServer:
         running connections get :data:`SHUTDOWN_GRACE` seconds, then their sockets are shut down.
         """
         host, port = self.bind()
-        logger.info("MRD server listening on %s:%d (protocols: %s)", host, port, self.protocols_dir)
+        logger.info(
+            "MRD server listening on %s:%d (protocols: %s; %d connections, %d per address, %d exams of at most "
+            "%s at once; handshake %g s, idle %g s)",
+            host, port, self.protocols_dir, self.max_concurrent, self.max_per_peer, self.max_exams,
+            _size(self.max_exam_bytes), self.handshake_timeout, self.idle_timeout,
+        )  # fmt: skip
         if isinstance(ready, ServerReady):
             ready.address = (host, port)
         if ready is not None:
             ready.set()
-
-        def stopping() -> bool:
-            return self._stop.is_set() or (stop is not None and stop.is_set())
+        self._stop_requested = stop
+        stopping = self.stopping
 
         try:
             while not stopping():
@@ -732,6 +1053,10 @@ class MrdServer:
                     if stopping():
                         break
                     raise
+                if not self._admit(peer):
+                    self._slots.release()
+                    self._refuse(sock, peer)
+                    continue
                 self._start_connection(sock, peer)
             self._wait_for_connections(stopping)
         except KeyboardInterrupt:
@@ -741,19 +1066,63 @@ class MrdServer:
         finally:
             self.close()
 
+    def _admit(self, peer: Any) -> bool:
+        """Count a new connection from ``peer``'s address; False when it already has ``max_per_peer``."""
+        with self._lock:
+            count = self._per_peer.get(peer[0], 0)
+            if count >= self.max_per_peer:
+                return False
+            self._per_peer[peer[0]] = count + 1
+            return True
+
+    def _leave(self, address: str) -> None:
+        with self._lock:
+            count = self._per_peer.get(address, 0) - 1
+            if count > 0:
+                self._per_peer[address] = count
+            else:
+                self._per_peer.pop(address, None)
+
+    def _refuse(self, sock: socket.socket, peer: Any) -> None:
+        """Answer TooManyConnectionsError + CLOSE on a connection over the per-address limit (in a short thread)."""
+        self.refused += 1
+        error = TooManyConnectionsError(
+            f"{peer[0]} already has {self.max_per_peer} connections open to this MRD server (its limit per "
+            "address, serve --max-per-peer); close one or try again later"
+        )
+        logger.warning("client %s:%s refused: %s", peer[0], peer[1], describe(error))
+        if not self._refusing.acquire(blocking=False):  # a flood: no answer, just close
+            with contextlib.suppress(OSError):
+                sock.close()
+            return
+
+        def answer() -> None:
+            try:
+                sock.settimeout(2.0)
+                with contextlib.suppress(OSError):
+                    sock.sendall(error_message(describe(error)) + close_message())
+                    sock.shutdown(socket.SHUT_WR)
+                _drain(sock, 1.0, 3.0)
+            finally:
+                with contextlib.suppress(OSError):
+                    sock.close()
+                self._refusing.release()
+
+        threading.Thread(target=answer, name=f"mrd-refuse-{peer[0]}", daemon=True).start()
+
     def _start_connection(self, sock: socket.socket, peer: Any) -> None:
         self.connections += 1
         label = f"{peer[0]}:{peer[1]}#{self.connections}"
         sock.setblocking(True)
         thread = threading.Thread(
-            target=self._serve_client, args=(sock, label), name=f"mrd-client-{label}", daemon=True
+            target=self._serve_client, args=(sock, label, peer[0]), name=f"mrd-client-{label}", daemon=True
         )
         with self._lock:
             self._active[thread] = sock
         logger.info("client %s connected", label)
         thread.start()
 
-    def _serve_client(self, sock: socket.socket, label: str) -> None:
+    def _serve_client(self, sock: socket.socket, label: str, address: str) -> None:
         try:
             _Session(self, sock, label).run()
         except Exception:  # never let one connection take the server down
@@ -763,6 +1132,7 @@ class MrdServer:
         finally:
             with self._lock:
                 self._active.pop(threading.current_thread(), None)
+            self._leave(address)
             self._slots.release()
 
     def _wait_for_connections(self, stopping: Callable[[], bool]) -> None:
@@ -825,23 +1195,32 @@ def serve(
     protocols_dir: str | Path = DEFAULT_PROTOCOLS_DIR,
     *,
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
     handler_timeout: float = DEFAULT_HANDLER_TIMEOUT,
     max_concurrent: int = DEFAULT_MAX_CONCURRENT,
+    max_per_peer: int = DEFAULT_MAX_PER_PEER,
+    max_exams: int = DEFAULT_MAX_EXAMS,
+    max_exam_bytes: int = DEFAULT_MAX_EXAM_BYTES,
     ready: threading.Event | None = None,
     stop: threading.Event | None = None,
     max_connections: int | None = None,
 ) -> None:
     """Run the MRD server until ``stop`` is set (or ``max_connections`` were served); blocks.
 
-    Pass a :class:`ServerReady` as ``ready`` to learn the bound port (useful with ``port=0``).
+    Pass a :class:`ServerReady` as ``ready`` to learn the bound port (useful with ``port=0``). The
+    settings are :class:`MrdServer`'s.
     """
     server = MrdServer(
         host,
         port,
         protocols_dir,
         idle_timeout=idle_timeout,
+        handshake_timeout=handshake_timeout,
         handler_timeout=handler_timeout,
         max_concurrent=max_concurrent,
+        max_per_peer=max_per_peer,
+        max_exams=max_exams,
+        max_exam_bytes=max_exam_bytes,
         max_connections=max_connections,
     )
     server.serve_forever(ready=ready, stop=stop)

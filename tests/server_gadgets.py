@@ -50,3 +50,27 @@ class Summary:
         }
         connection.send(image)
         connection.send(ismrmrd.Acquisition())  # not an image: the server drops it
+
+
+#: What ``sleepy`` did, in order ("read N", "reconstructing", "sent", "stopped: ..."), for the tests to inspect.
+EVENTS: list[str] = []
+
+
+def sleepy(connection) -> None:
+    """Read slowly (property ``per_item`` seconds per item), then "reconstruct" for ``after`` seconds and send
+    one image (series 6). Records what it did in :data:`EVENTS`; a PeerGoneError is recorded and re-raised."""
+    props = {p.get("name"): p.get("value") for p in connection.config.iter("property")}
+    per_item, after = float(props.get("per_item", "0")), float(props.get("after", "0"))
+    count = 0
+    try:
+        for _ in connection:
+            count += 1
+            time.sleep(per_item)
+        EVENTS.append(f"read {count}")
+        EVENTS.append("reconstructing")
+        time.sleep(after)
+        connection.send(ismrmrd.Image.from_array(np.zeros((2, 2), dtype=np.float32), image_series_index=6))
+        EVENTS.append("sent")
+    except ConnectionError as exc:
+        EVENTS.append(f"stopped after {count}: {type(exc).__name__}")
+        raise

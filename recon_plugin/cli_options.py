@@ -1,0 +1,51 @@
+"""Checks of numeric command-line options, shared by the ``recon-plugin`` commands.
+
+Each raises :class:`typer.BadParameter`, which typer prints as a one-line usage error naming the
+option (exit status 2), never a traceback. Integer ranges use typer's own ``min=`` / ``max=``; the
+callbacks here cover what those cannot: finite, strictly positive numbers and byte sizes.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import typer
+
+#: Port ranges: a server may ask for any free port (0); a client needs a real one.
+SERVER_PORT = {"min": 0, "max": 65535}
+CLIENT_PORT = {"min": 1, "max": 65535}
+
+_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+_SIZE = re.compile(r"\s*(\d+(?:\.\d*)?)\s*([kmgt]?)(?:i?b)?\s*", re.IGNORECASE)
+
+
+def positive_seconds(value: float | None) -> float | None:
+    """A time limit: a finite number of seconds > 0 (None passes: "not given")."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise typer.BadParameter(f"{value:g} is not a time limit: give a finite number of seconds > 0")
+    return value
+
+
+def acceleration_factor(value: float) -> float:
+    """An undersampling factor: finite and >= 1 (1 = fully sampled)."""
+    if not (math.isfinite(value) and value >= 1):
+        raise typer.BadParameter(f"{value:g} is not an acceleration: give a finite number >= 1 (1 = fully sampled)")
+    return value
+
+
+def byte_size(text: str | int) -> int:
+    """A size in bytes, ``1000000`` or with a binary unit: ``512K``, ``64M``, ``8G``, ``8GiB``, ``1T``; at least 1."""
+    if isinstance(text, int):
+        number = text
+    else:
+        match = _SIZE.fullmatch(text)
+        if match is None:
+            raise typer.BadParameter(f"{text!r} is not a size: give bytes, e.g. 8G, 512M or 1000000")
+        value = float(match[1]) * _UNITS[match[2].lower()]
+        if not math.isfinite(value):
+            raise typer.BadParameter(f"{text!r} is not a size: give bytes, e.g. 8G, 512M or 1000000")
+        number = int(value)
+    if number < 1:
+        raise typer.BadParameter(f"{text!r} is not a size: give at least 1 byte")
+    return number
