@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from . import __version__
-from .cli_options import SERVER_PORT, byte_size, positive_seconds
+from .cli_options import SERVER_PORT, acceleration_factor, byte_size, positive_seconds
 from .console import configure_logging, make_console
 from .errors import ReconError
 
@@ -54,7 +54,7 @@ def mask(
         int | None,
         typer.Option(help="side of the fully sampled centre; lines and uniform: ACS lines (default: per family)"),
     ] = None,
-    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    seed: Annotated[int, typer.Option(help="random seed", min=0)] = 0,
 ) -> None:
     """Make an undersampling mask with its view order and a PNG preview."""
     from .masks import make_mask, write_mask_files
@@ -80,7 +80,7 @@ def demo(
         Path | None, typer.Option(help="model bundle (default: the one the gadgets load on this device)")
     ] = None,
     family: Annotated[str, typer.Option(help="mask family")] = "radial",
-    acceleration: Annotated[float, typer.Option(help="acceleration")] = 5.0,
+    acceleration: Annotated[float, typer.Option(help="acceleration (>= 1)", callback=acceleration_factor)] = 5.0,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     raw: Annotated[bool, typer.Option(help="also replay the sample 3D raw file through side_by_side.xml")] = True,
 ) -> None:
@@ -127,7 +127,7 @@ def replay(
     out: Annotated[Path, typer.Option(help="output ISMRMRD image file (.h5)")],
     png: Annotated[Path | None, typer.Option(help="folder for PNG previews and comparison.png")] = None,
     dicom: Annotated[Path | None, typer.Option(help="folder for one DICOM series per method")] = None,
-    timeout: Annotated[float, typer.Option(help="seconds a gadget may stay silent")] = 120.0,
+    timeout: Annotated[float, typer.Option(help="seconds a gadget may stay silent", callback=positive_seconds)] = 120.0,
     keep_partial: Annotated[bool, typer.Option(help="on failure, keep what arrived in OUT.partial.h5")] = False,
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
     timings: Annotated[
@@ -177,7 +177,7 @@ def reference_exam(
     planes: Annotated[int, typer.Option(help="ky-kz planes: readout length after oversampling removal")] = 128,
     plane: Annotated[tuple[int, int], typer.Option(help="plane size KY KZ")] = (200, 100),
     coils: Annotated[int, typer.Option(help="receive coils")] = 8,
-    seed: Annotated[int, typer.Option(help="simulation seed")] = 20253,
+    seed: Annotated[int, typer.Option(help="simulation seed", min=0)] = 20253,
 ) -> None:
     """Write the speed target's reference 3D exam (default 128 ky-kz planes of 200 x 100, 8 coils, fully
     sampled; about 330 MB), simulated from the bundled Colin27 slices. Replay it with a *_retro5x protocol."""

@@ -19,6 +19,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 from rich.markup import escape
 
+from .cli_options import CLIENT_PORT, positive_seconds
 from .console import make_console
 from .errors import ReconError
 from .mrd_client import DEFAULT_TIMEOUT, ClientResult, check_output_group, default_output_group, stream_file
@@ -79,7 +80,7 @@ def client(
         Path | None, typer.Option("--config-file", "-C", help="local configuration file, sent as text")
     ] = None,
     host: Annotated[str, typer.Option("--host", "-a", help="MRD server address")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", "-p", help="MRD server port")] = 9002,
+    port: Annotated[int, typer.Option("--port", "-p", help="MRD server port", **CLIENT_PORT)] = 9002,
     out: Annotated[Path, typer.Option("--out", "-o", help="ISMRMRD image file; other groups in it are kept")] = Path(
         "out.h5"
     ),
@@ -89,7 +90,9 @@ def client(
     in_group: Annotated[
         str, typer.Option("--in-group", "-g", help="group of the raw data in the input file")
     ] = "dataset",
-    timeout: Annotated[float, typer.Option(help="seconds the server may stay silent")] = DEFAULT_TIMEOUT,
+    timeout: Annotated[
+        float, typer.Option(help="seconds the server may stay silent", callback=positive_seconds)
+    ] = DEFAULT_TIMEOUT,
     waveforms: Annotated[bool, typer.Option(help="also send the file's waveforms")] = True,
     json_out: Annotated[Path | None, typer.Option("--json", help="write the summary as JSON here")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log the client's progress")] = False,
