@@ -117,6 +117,7 @@ def demo(
             protocol=root / "protocols" / "side_by_side.xml",
             out=out / "brain3d_side_by_side.h5",
             png=out / "brain3d_png",
+            overwrite=True,  # like the demo's other outputs in OUT
         )
 
 
@@ -129,6 +130,9 @@ def replay(
     dicom: Annotated[Path | None, typer.Option(help="folder for one DICOM series per method")] = None,
     timeout: Annotated[float, typer.Option(help="seconds a gadget may stay silent", callback=positive_seconds)] = 120.0,
     keep_partial: Annotated[bool, typer.Option(help="on failure, keep what arrived in OUT.partial.h5")] = False,
+    overwrite: Annotated[
+        bool, typer.Option(help="replace an existing OUT (removed when the gadgets start: a failed replay leaves none)")
+    ] = False,
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
     timings: Annotated[
         bool, typer.Option(help="print each gadget's stage seconds and last acquisition -> last image")
@@ -143,7 +147,14 @@ def replay(
 
     try:
         summary = replay_file(
-            input_h5, protocol, out, png_dir=png, timeout=timeout, progress=progress, keep_partial=keep_partial
+            input_h5,
+            protocol,
+            out,
+            png_dir=png,
+            timeout=timeout,
+            progress=progress,
+            keep_partial=keep_partial,
+            overwrite=overwrite,
         )
     except ReconError as exc:
         failed = getattr(exc, "images", None)

@@ -6,10 +6,13 @@
 branches (:mod:`recon_plugin.replay.streams`), groups the images that come
 back by ``image_series_index`` and writes them to an ISMRMRD HDF5 file.
 
-On any failure (a gadget's ERROR, a crash, a timeout, an illegal message) it
-raises the named error and writes no output file; the error carries the
-images that did arrive (``exc.images``) and every step's result
-(``exc.run``). With ``keep_partial=True`` those images are also written to
+The output path is checked before any gadget starts (its folder must exist and be writable;
+an existing file is refused unless ``overwrite=True``, and then removed at once, so a failed
+replay never leaves an older, complete-looking file there). The images are written under a
+temporary name in the same folder and renamed into place when complete. On any failure (a
+gadget's ERROR, a crash, a timeout, an illegal message) it raises the named error and writes no
+output file; the error carries the images that did arrive (``exc.images``) and every step's
+result (``exc.run``). With ``keep_partial=True`` those images are also written to
 ``<output stem>.partial.h5``, a name that says it is incomplete.
 """
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -28,9 +32,9 @@ import ismrmrd
 from rich.table import Table
 from tqdm.auto import tqdm
 
-from ..errors import GadgetFailedError, ProtocolError, ReconError
+from ..errors import GadgetFailedError, OutputPathError, ProtocolError, ReconError
 from ..images import SNR_META, SSIM_META
-from .dataset import RawData, read_images, read_raw, write_images, write_pngs
+from .dataset import RawData, check_output_path, read_images, read_raw, write_images, write_pngs
 from .external import DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT, ExternalRun, Message, attach_results, run_external
 from .protocol import ExternalStep, ParallelStep, Protocol, Step, load_protocol
 from .signals import ReplayTerminated, stop_children_on_signals
@@ -57,6 +61,7 @@ __all__ = [
     "SeriesSummary",
     "Step",
     "StreamRun",
+    "check_output_path",
     "format_summary",
     "format_timings",
     "load_protocol",
@@ -132,13 +137,17 @@ def replay_file(
     progress: bool = True,
     extra_pythonpath: Sequence[str | Path] = (),
     keep_partial: bool = False,
+    overwrite: bool = False,
 ) -> ReplaySummary:
     """Replay ``input_h5`` through the protocol's gadgets and write the images to ``output_h5``.
 
     ``timeout`` is each gadget's inactivity limit in seconds, ``connect_timeout`` the limit for a
-    started gadget to connect. ``extra_pythonpath`` is added to the gadgets' PYTHONPATH.
+    started gadget to connect. ``extra_pythonpath`` is added to the gadgets' PYTHONPATH. An existing
+    ``output_h5`` is refused unless ``overwrite``; with it, the old file is removed before the gadgets start.
 
     Raises:
+        OutputExistsError: ``output_h5`` exists and ``overwrite`` is False (checked first).
+        OutputPathError: ``output_h5`` is the input, a folder, or its folder is missing or not writable.
         ProtocolError: the protocol cannot be replayed (C++ gadgets, no AcquisitionReader or ImageWriter...).
         IsmrmrdFormatError: the input file is not valid ISMRMRD raw data.
         GadgetFailedError: a gadget reported an error, crashed, sent an illegal message, or no image came back.
@@ -146,9 +155,15 @@ def replay_file(
     """
     start = time.monotonic()
     input_h5, output_h5 = Path(input_h5), Path(output_h5)
+    if output_h5.exists() and input_h5.exists() and os.path.samefile(input_h5, output_h5):
+        raise OutputPathError(f"the output {output_h5} is the input file: choose another name for the images")
+    check_output_path(output_h5, overwrite=overwrite)
     protocol = protocol_xml if isinstance(protocol_xml, Protocol) else load_protocol(protocol_xml)
     _check_replayable(protocol)
     raw = read_raw(input_h5)
+    if output_h5.exists() or output_h5.is_symlink():  # overwrite: never leave the older file if this run fails
+        output_h5.unlink()
+        logger.info("removed the older %s (overwrite)", output_h5)
     waveforms = raw.waveforms
     if waveforms and "WaveformReader" not in protocol.readers:
         logger.warning("protocol has no WaveformReader: the file's %d waveforms are not sent", len(waveforms))

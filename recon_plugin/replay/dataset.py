@@ -16,7 +16,7 @@ import numpy as np
 from ismrmrd.hdf5 import acquisition_header_dtype, get_hdf5type, image_header_dtype, waveform_header_dtype
 
 from ..console import make_readable
-from ..errors import FileLockedError, IsmrmrdFormatError
+from ..errors import FileLockedError, IsmrmrdFormatError, OutputExistsError, OutputPathError
 from ..kspace import parse_header
 
 logger = logging.getLogger(__name__)
@@ -148,6 +148,36 @@ def _read_waveforms(dataset: h5py.Dataset, path: Path) -> Iterator[ismrmrd.Wavef
 def image_group(series: int) -> str:
     """The group (under the dataset group) that holds one image series: ``image_<series>``."""
     return f"image_{series}"
+
+
+def check_output_path(path: str | Path, *, overwrite: bool = False) -> Path:
+    """Check before any work that ``path`` can be written: a file name in a writable folder that exists.
+
+    A temporary file is created and removed in the folder (where :func:`write_images` writes), so what
+    the check says holds for the real write.
+
+    Raises:
+        OutputExistsError: ``path`` exists and ``overwrite`` is False.
+        OutputPathError: ``path`` is a folder, or its folder is missing, not a folder or not writable.
+    """
+    path = Path(path)
+    folder = path.parent
+    if path.is_dir():
+        raise OutputPathError(f"{path} is a folder: give the output a file name (e.g. {path / 'out.h5'})")
+    if not folder.is_dir():
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise OutputPathError(f"cannot write {path}: {folder} {what} (create the folder first)")
+    if (path.exists() or path.is_symlink()) and not overwrite:
+        raise OutputExistsError(f"{path} exists already: pass --overwrite to replace it, or choose another name")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise OutputPathError(
+            f"cannot write {path}: the folder {folder} is not writable ({exc.strerror or exc})"
+        ) from exc
+    os.close(fd)
+    os.unlink(probe)
+    return path
 
 
 def write_images(
