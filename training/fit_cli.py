@@ -49,7 +49,7 @@ def fit(
         log.warning("stopped; resume with --resume %s", out or "<run folder>")
         raise typer.Exit(130) from exc
     if info is None or info.is_main:
-        typer.echo(f"validation: {({k: round(v, 4) for k, v in metrics.items()})}")
+        typer.echo(f"validation: { ({k: round(v, 4) for k, v in metrics.items()}) }")
         typer.echo(f"wrote {Path(cfg.run.out) / 'bundle'}")
 
 
