@@ -92,3 +92,16 @@ def test_byte_sizes():
 def test_server_settings_are_checked(settings):
     with pytest.raises(ValueError):
         mrd_server.MrdServer(**settings)
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["review", "serve", "STUDY", "--port", "99999"], "--port"),
+        (["review", "new", "S", "--from", "x.h5", "--readers", "a", "--slices", "0"], "--slices"),
+        (["review", "new", "S", "--from", "x.h5", "--readers", "a", "--seed", "-1"], "--seed"),
+    ],
+)
+def test_review_options_are_checked(args: list[str], option: str) -> None:
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2 and option in res.output and "Traceback" not in res.output

@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ..cli_options import SERVER_PORT
 from ..errors import ReconError
 
 review_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Blinded reader study of reconstructions.")
@@ -42,8 +43,10 @@ def new(
         typer.Option("--pair", help="METHOD_A:METHOD_B, repeatable (default RGANCS vs CS-WV, CS-TV, zero-filled)"),
     ] = None,
     single: Annotated[bool, typer.Option(help="also score each image alone")] = False,
-    slices: Annotated[int | None, typer.Option(help="at most this many evenly spaced slices per exam")] = None,
-    seed: Annotated[int | None, typer.Option(help="seed of the order and sides (default: random, recorded)")] = None,
+    slices: Annotated[int | None, typer.Option(help="at most this many evenly spaced slices per exam", min=1)] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="seed of the order and sides (default: random, recorded)", min=0)
+    ] = None,
 ) -> None:
     """Group images of the same exam and slice across methods and write a blinded reading list per reader."""
     from .study import DEFAULT_PAIRS, create_study, parse_pairs
@@ -73,7 +76,7 @@ def new(
 def serve(
     study_dir: Annotated[Path, typer.Argument(help="study folder made by review new")],
     host: Annotated[str, typer.Option(help="address to bind (loopback by default)")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="port")] = 8765,
+    port: Annotated[int, typer.Option(help="port", **SERVER_PORT)] = 8765,
 ) -> None:
     """Serve the reader page; prints one token link per reader (Ctrl-C stops; answers are already saved)."""
     import uvicorn
