@@ -494,3 +494,16 @@ def test_gadget_warnings_are_shown_on_success(
         summary = replay_file(path, protocol, tmp_path / "out.h5", timeout=60, progress=False, extra_pythonpath=EXTRA)
     assert summary.series and sum(s.count for s in summary.series) == len(acquisitions)
     assert "gadget replay_gadgets.warn_then_echo: WARNING: calibration region is small" in caplog.text
+
+
+def test_a_wrong_weights_path_fails_the_replay_at_once(
+    raw_file: tuple[Path, list[ismrmrd.Acquisition]], tmp_path: Path
+) -> None:
+    """The RGANCS gadget checks its bundle when it starts; the ERROR stops the whole stream within seconds."""
+    path, _ = raw_file
+    bad = external("rgancs", module="recon_plugin.gadgets", weights=str(tmp_path / "no_such_bundle"), device="cpu")
+    protocol = write_protocol(tmp_path, parallel(rgancs=bad, slow=external("hang")))
+    start = time.monotonic()
+    with pytest.raises(GadgetFailedError, match="BundleError: no model bundle at"):
+        replay_file(path, protocol, tmp_path / "out.h5", timeout=300, progress=False, extra_pythonpath=EXTRA)
+    assert time.monotonic() - start < 120  # not the 300 s the hanging branch would hold it
