@@ -276,12 +276,16 @@ class SenseOperator(_RegularisedSolve):
         folded = self._folded_maps(x)
         if folded is None:
             return self.adjoint(self.forward(x))
-        coils = x.unsqueeze(1) * folded
-        k = torch.fft.fftn(coils, dim=_DIMS, norm="ortho") * self._weight
-        return (torch.fft.ifftn(k, dim=_DIMS, norm="ortho") * folded.conj()).sum(1)
+        maps, maps_conj = folded
+        k = torch.fft.fftn(x.unsqueeze(1) * maps, dim=_DIMS, norm="ortho")
+        k = k.mul_(self._weight) if not torch.is_grad_enabled() else k * self._weight
+        coils = torch.fft.ifftn(k, dim=_DIMS, norm="ortho")
+        coils = coils.mul_(maps_conj) if not torch.is_grad_enabled() else coils * maps_conj
+        return coils.sum(1)
 
-    def _folded_maps(self, x: torch.Tensor) -> torch.Tensor | None:
-        """D S (maps times the centring checkerboard; D alone for one coil), cached per dtype and device."""
+    def _folded_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(D S, its conjugate materialised) — the maps times the centring checkerboard (D alone for one coil) —
+        cached per dtype and device; None for odd sizes."""
         sign = _centring_sign(x.unsqueeze(1), _DIMS)
         if sign is None:
             return None
@@ -289,7 +293,7 @@ class SenseOperator(_RegularisedSolve):
         cached = getattr(self, "_folded", None)
         if cached is None or cached[0] != key:
             maps = sign if self.maps is None else self.maps.to(sign.device, sign.dtype) * sign
-            self._folded = (key, maps)
+            self._folded = (key, (maps, maps.conj().resolve_conj()))
         return self._folded[1]
 
     def gradient_step(self, x: torch.Tensor, y: torch.Tensor, alpha: torch.Tensor | float) -> torch.Tensor:
