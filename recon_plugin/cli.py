@@ -129,7 +129,13 @@ def replay(
     png: Annotated[Path | None, typer.Option(help="folder for PNG previews and comparison.png")] = None,
     dicom: Annotated[Path | None, typer.Option(help="folder for one DICOM series per method")] = None,
     timeout: Annotated[float, typer.Option(help="seconds a gadget may stay silent", callback=positive_seconds)] = 120.0,
-    keep_partial: Annotated[bool, typer.Option(help="on failure, keep what arrived in OUT.partial.h5")] = False,
+    keep_partial: Annotated[
+        bool,
+        typer.Option(
+            help="on failure, let the other gadgets finish and keep what arrived in OUT.partial.h5 (default: an "
+            "ERROR from any gadget stops them all, as Gadgetron does)"
+        ),
+    ] = False,
     overwrite: Annotated[
         bool, typer.Option(help="replace an existing OUT (removed when the gadgets start: a failed replay leaves none)")
     ] = False,

@@ -144,6 +144,8 @@ def replay_file(
     ``timeout`` is each gadget's inactivity limit in seconds, ``connect_timeout`` the limit for a
     started gadget to connect. ``extra_pythonpath`` is added to the gadgets' PYTHONPATH. An existing
     ``output_h5`` is refused unless ``overwrite``; with it, the old file is removed before the gadgets start.
+    An ERROR from any gadget stops every gadget of the stream at once, as Gadgetron fails the stream; with
+    ``keep_partial`` the other gadgets run to their end instead, and what arrived goes to ``<stem>.partial.h5``.
 
     Raises:
         OutputExistsError: ``output_h5`` exists and ``overwrite`` is False (checked first).
@@ -184,7 +186,8 @@ def replay_file(
             connect_timeout=connect_timeout,
             extra_pythonpath=extra_pythonpath,
             on_sent=on_sent,
-            cancel=threading.Event(),
+            # Gadgetron fails the whole stream on an ERROR: so does replay, unless the caller keeps partial results
+            cancel=None if keep_partial else threading.Event(),
         )
         with stop_children_on_signals():
             result = run_stream(protocol.steps, raw.header_xml, messages, options)
