@@ -9,8 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from . import __version__
-from .cli_options import SERVER_PORT, acceleration_factor, byte_size, positive_seconds
+from .cli_options import SERVER_PORT, acceleration_factor, byte_size, positive_seconds, root_callback
 from .console import configure_logging, make_console
 from .errors import ReconError
 
@@ -18,23 +17,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="RGANCS MRI r
 console = make_console()
 
 
-def _version(value: bool) -> None:
-    if value:
-        typer.echo(f"recon-plugin {__version__} (rgancs-recon-plugin)")
-        raise typer.Exit()
-
-
-@app.callback()
-def _root(
-    version: Annotated[
-        bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version and exit")
-    ] = False,
-    verbose: Annotated[
-        int, typer.Option("--verbose", "-v", count=True, help="log progress (INFO); -vv: DEBUG too")
-    ] = 0,
-) -> None:
-    """RGANCS MRI reconstruction plugin."""
-    configure_logging(verbose)
+app.callback()(root_callback("recon-plugin", "RGANCS MRI reconstruction plugin."))
 
 
 def _fail(exc: ReconError) -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
+from typing import Annotated
 
 import typer
 
@@ -49,3 +51,31 @@ def byte_size(text: str | int) -> int:
     if number < 1:
         raise typer.BadParameter(f"{text!r} is not a size: give at least 1 byte")
     return number
+
+
+def root_callback(prog: str, doc: str) -> Callable[..., None]:
+    """The app callback both command lines share: eager ``--version`` (``PROG VERSION (rgancs-recon-plugin)``) and
+    ``-v/--verbose`` (counted: INFO, then DEBUG); register it with ``app.callback()(root_callback(...))``."""
+    from . import __version__
+    from .console import configure_logging
+
+    def show_version(value: bool) -> None:
+        if value:
+            typer.echo(f"{prog} {__version__} (rgancs-recon-plugin)")
+            raise typer.Exit()
+
+    def root(version: bool = False, verbose: int = 0) -> None:
+        configure_logging(verbose)
+
+    # Real objects, not strings: this module postpones annotations, and the callback is local.
+    root.__annotations__ = {
+        "version": Annotated[
+            bool, typer.Option("--version", callback=show_version, is_eager=True, help="print the version and exit")
+        ],
+        "verbose": Annotated[
+            int, typer.Option("--verbose", "-v", count=True, help="log progress (INFO); -vv: DEBUG too")
+        ],
+        "return": None,
+    }
+    root.__doc__ = doc
+    return root

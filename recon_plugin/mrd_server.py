@@ -344,11 +344,7 @@ class MessageLimits:
             over.append(f"{channels} channels (at most {self.channels}: {self.channels_basis})")
         if dims > self.trajectory_dimensions:
             over.append(f"{dims} trajectory dimensions (at most {self.trajectory_dimensions})")
-        if over:
-            raise MessageTooLargeError(
-                f"{what} declares {' and '.join(over)}, {_size(nbytes)} of data; refused before reading it"
-            )
-        return nbytes
+        return _refused_if(over, what, nbytes)
 
     def waveform_bytes(self, head: bytes, what: str) -> int:
         """Bytes of data that follow this 40-byte waveform header.
@@ -364,11 +360,16 @@ class MessageLimits:
             over.append(f"{channels} channels (at most {self.waveform_channels})")
         if samples > self.waveform_samples:
             over.append(f"{samples} samples (at most {self.waveform_samples})")
-        if over:
-            raise MessageTooLargeError(
-                f"{what} declares {' and '.join(over)}, {_size(nbytes)} of data; refused before reading it"
-            )
-        return nbytes
+        return _refused_if(over, what, nbytes)
+
+
+def _refused_if(over: list[str], what: str, nbytes: int) -> int:
+    """``nbytes`` when no limit is exceeded; else MessageTooLargeError naming each limit ``over``."""
+    if over:
+        raise MessageTooLargeError(
+            f"{what} declares {' and '.join(over)}, {_size(nbytes)} of data; refused before reading it"
+        )
+    return nbytes
 
 
 # --------------------------------------------------------------------------------------------- client I/O

@@ -1,7 +1,9 @@
-"""Shared fixtures: seeded random data and the optional real-data folder."""
+"""Shared fixtures: seeded random data, the optional real-data folder, an MRD server, a umask."""
 
 from __future__ import annotations
 
+import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -45,3 +47,30 @@ def ellipse_slices(n: int, size: int = 32, seed: int = 0) -> np.ndarray:
         img += 0.5 * ((xx - rng.uniform(-0.2, 0.2)) ** 2 + yy**2 < rng.uniform(0.02, 0.08))
         out.append(img)
     return np.stack(out).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def server():
+    """``serve()`` on an ephemeral loopback port in a background thread; stopped (and checked stopped) at the end."""
+    from recon_plugin.mrd_server import ServerReady, serve
+
+    ready, stop = ServerReady(), threading.Event()
+    thread = threading.Thread(
+        target=serve, kwargs={"port": 0, "ready": ready, "stop": stop, "idle_timeout": 30.0}, daemon=True
+    )
+    thread.start()
+    assert ready.wait(10), "server did not start"
+    yield ready.address
+    stop.set()
+    thread.join(20)
+    assert not thread.is_alive(), "server did not stop"
+
+
+@pytest.fixture
+def umask_022():
+    """Run the test under umask 022 (files written through private temporary files must end up 0644)."""
+    old = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(old)

@@ -8,7 +8,6 @@ import json
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -19,7 +18,6 @@ from typer.testing import CliRunner
 
 from recon_plugin import __version__
 from recon_plugin.cli import app
-from recon_plugin.mrd_server import ServerReady, serve
 from recon_plugin.replay import read_images
 from training.cli import app as train_app
 
@@ -29,21 +27,6 @@ PROTOCOL = "zero_filled_retro5x"
 TIMEOUT = "30"
 
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def server():
-    """``serve()`` on an ephemeral loopback port in a background thread, stopped at the end."""
-    ready, stop = ServerReady(), threading.Event()
-    thread = threading.Thread(
-        target=serve, kwargs={"port": 0, "ready": ready, "stop": stop, "idle_timeout": 30.0}, daemon=True
-    )
-    thread.start()
-    assert ready.wait(10), "server did not start"
-    yield ready.address
-    stop.set()
-    thread.join(20)
-    assert not thread.is_alive(), "server did not stop"
 
 
 def client(server: tuple[str, int] | None, *args: str, port: int | None = None):

@@ -25,11 +25,9 @@ from recon_plugin.mrd_client import (
 )
 from recon_plugin.mrd_server import (
     MrdServer,
-    ServerReady,
     close_message,
     error_message,
     resolve_configuration,
-    serve,
     text_message,
 )
 from recon_plugin.replay import ExternalStep, read_images, read_raw, replay_file, run_external
@@ -72,21 +70,6 @@ def protocol_text(stream_xml: str) -> str:
 @pytest.fixture(scope="module")
 def raw():
     return read_raw(RAW)
-
-
-@pytest.fixture(scope="module")
-def server():
-    """``serve()`` on an ephemeral port in a background thread; stopped (and checked stopped) at the end."""
-    ready, stop = ServerReady(), threading.Event()
-    thread = threading.Thread(
-        target=serve, kwargs={"port": 0, "ready": ready, "stop": stop, "idle_timeout": 30.0}, daemon=True
-    )
-    thread.start()
-    assert ready.wait(10), "server did not start"
-    yield ready.address
-    stop.set()
-    thread.join(20)
-    assert not thread.is_alive(), "server did not stop"
 
 
 def send_file(server, **kwargs) -> ClientResult:

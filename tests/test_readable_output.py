@@ -33,15 +33,6 @@ RAW_2D = ROOT / "sample_data" / "raw" / "brain2d_multislice.h5"
 runner = CliRunner()
 
 
-@pytest.fixture
-def umask_022():
-    old = os.umask(0o022)
-    try:
-        yield
-    finally:
-        os.umask(old)
-
-
 def _tiny_bundle(folder: Path) -> Path:
     save_bundle(RecurrentProximalNet(ModelConfig(copies=1, features=4)), folder, mask={}, training_data={})
     return folder

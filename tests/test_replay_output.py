@@ -31,15 +31,6 @@ def no_gadgets(monkeypatch):
     monkeypatch.setattr(replay_module, "run_stream", refuse)
 
 
-@pytest.fixture
-def umask_022():
-    old = os.umask(0o022)
-    try:
-        yield
-    finally:
-        os.umask(old)
-
-
 def broken_protocol(tmp_path: Path) -> Path:
     """A protocol whose gadget module does not exist: the replay fails once its gadget starts."""
     path = tmp_path / "broken.xml"

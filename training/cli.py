@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from recon_plugin.cli_options import root_callback
 from recon_plugin.console import configure_logging, error_line, make_console
 from recon_plugin.errors import BundleError, InvalidInputError, ReconError
 from recon_plugin.model import ModelConfig
@@ -30,25 +31,7 @@ DEMO_NOTES = (
 )
 
 
-def _version(value: bool) -> None:
-    if value:
-        from recon_plugin import __version__
-
-        typer.echo(f"recon-train {__version__} (rgancs-recon-plugin)")
-        raise typer.Exit()
-
-
-@app.callback()
-def _root(
-    version: Annotated[
-        bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version and exit")
-    ] = False,
-    verbose: Annotated[
-        int, typer.Option("--verbose", "-v", count=True, help="log progress (INFO); -vv: DEBUG too")
-    ] = 0,
-) -> None:
-    """Train RGANCS model bundles."""
-    configure_logging(verbose)
+app.callback()(root_callback("recon-train", "Train RGANCS model bundles."))
 
 
 app.command("fit")(fit)

@@ -407,16 +407,21 @@ def config_from_dict(raw: dict[str, Any], base_dir: str | Path | None = None) ->
     return config
 
 
+def read_toml(path: str | Path, what: str = "training configuration") -> dict[str, Any]:
+    """The TOML file at ``path`` as a dict; TrainingConfigError (naming ``what``) when missing or not TOML."""
+    path = Path(path)
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise TrainingConfigError(f"no {what} at {path}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise TrainingConfigError(f"{path} is not valid TOML: {exc}") from exc
+
+
 def load_config(path: str | Path) -> TrainConfig:
     """Read and validate a TOML training configuration."""
     path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise TrainingConfigError(f"no training configuration at {path}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise TrainingConfigError(f"{path} is not valid TOML: {exc}") from exc
-    return config_from_dict(raw, base_dir=path.parent)
+    return config_from_dict(read_toml(path), base_dir=path.parent)
 
 
 __all__ = [

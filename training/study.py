@@ -192,14 +192,10 @@ def parse_study(raw: dict[str, Any], base_dir: Path) -> Study:
 
 def load_study(path: str | Path) -> Study:
     """Read and validate a study TOML file."""
+    from .config import read_toml
+
     path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise _fail(f"no study file at {path}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise _fail(f"{path} is not valid TOML: {exc}") from exc
-    return parse_study(raw, path.parent)
+    return parse_study(read_toml(path, "study file"), path.parent)
 
 
 def variant_config(study: Study, variant: Variant) -> Any:

@@ -15,7 +15,6 @@ import copy
 import itertools
 import json
 import logging
-import tomllib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Annotated, Any
@@ -24,6 +23,7 @@ import typer
 
 from recon_plugin.errors import ReconError
 
+from .config import read_toml
 from .errors import TrainingConfigError
 
 log = logging.getLogger(__name__)
@@ -224,12 +224,7 @@ def sweep(
     from recon_plugin.console import error_line, make_console
 
     try:
-        try:
-            raw = tomllib.loads(config.read_text())
-        except FileNotFoundError as exc:
-            raise TrainingConfigError(f"no training configuration at {config}") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise TrainingConfigError(f"{config} is not valid TOML: {exc}") from exc
+        raw = read_toml(config)
         data = raw.get("data")
         if isinstance(data, dict) and data.get("path") and not Path(data["path"]).is_absolute():
             data["path"] = str(config.parent / data["path"])
