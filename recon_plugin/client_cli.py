@@ -20,7 +20,7 @@ import typer
 from rich.markup import escape
 
 from .cli_options import CLIENT_PORT, positive_seconds
-from .console import make_console
+from .console import make_console, one_line
 from .errors import ReconError
 from .mrd_client import DEFAULT_TIMEOUT, ClientResult, check_output_group, default_output_group, stream_file
 
@@ -28,13 +28,9 @@ console = make_console()
 errors = make_console(stderr=True, soft_wrap=True)
 #: Loggers of the client side, quiet unless --verbose: the summary and the error line say it all.
 _CLIENT_LOGGERS = ("recon_plugin.mrd_client", "recon_plugin.replay")
+#: Characters of one server text or error line at most.
+MAX_LINE = 2000
 _UNREACHABLE = {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EADDRNOTAVAIL, errno.ETIMEDOUT}
-
-
-def one_line(text: str, limit: int = 2000) -> str:
-    """Whitespace (newlines included) collapsed to single spaces, cut at ``limit`` characters."""
-    flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
 @contextlib.contextmanager
@@ -112,7 +108,7 @@ def client(
     }
 
     def fail(name: str, message: str, result: ClientResult | None = None) -> NoReturn:
-        errors.print(f"[bold red]{name}[/]: {escape(one_line(message))}")
+        errors.print(f"[bold red]{name}[/]: {escape(one_line(message, MAX_LINE))}")
         if json_out is not None:
             _write_json(json_out, {**report, **(client_report(result) if result else {"ok": False}), "error": name})
         raise typer.Exit(2)
@@ -168,7 +164,7 @@ def _print_summary(result: ClientResult, report: dict[str, Any]) -> None:
         soft_wrap=True,
     )
     for text in result.texts:
-        console.print(f"  server: {escape(one_line(text))}", soft_wrap=True)
+        console.print(f"  server: {escape(one_line(text, MAX_LINE))}", soft_wrap=True)
     for row in result.series_summary():
         method = f" ({escape(str(row['method']))})" if row["method"] else ""
         console.print(

@@ -95,9 +95,15 @@ def configure_logging(verbose: int = 0, fmt: str = LOG_FORMAT) -> None:
     root.setLevel(verbosity_level(verbose))
 
 
+def one_line(text: str, limit: int | None = None) -> str:
+    """Whitespace (newlines included) collapsed to single spaces; cut at ``limit`` characters when given."""
+    flat = " ".join(text.split())
+    return flat if limit is None or len(flat) <= limit else flat[: limit - 3] + "..."
+
+
 def error_line(exc: BaseException) -> str:
-    """``ErrorName: message`` on one line (whitespace, newlines included, collapsed): how a command ends."""
-    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+    """``ErrorName: message`` on one line (see :func:`one_line`): how a command ends."""
+    return f"{type(exc).__name__}: {one_line(str(exc))}"
 
 
 def _umask() -> int:

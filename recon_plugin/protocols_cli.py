@@ -19,6 +19,7 @@ from typing import Annotated, NoReturn
 
 import typer
 
+from .console import error_line
 from .sample_data import DEFAULT_BUNDLE, PROTOCOLS_DIR, WEIGHTS_DIR
 
 protocols_app = typer.Typer(
@@ -108,7 +109,7 @@ def install_protocols(dest: Path, *, force: bool = False, folder: Path = PROTOCO
 
 
 def _fail(exc: Exception) -> NoReturn:
-    typer.echo(f"{type(exc).__name__}: {exc}", err=True)
+    typer.echo(error_line(exc), err=True)
     raise typer.Exit(2)
 
 

@@ -497,14 +497,10 @@ def study(
     ] = False,
 ) -> None:
     """Train variants at an equal budget, evaluate them beside zero-filled/CS-WV/CS-TV, time them; table + plot."""
-    from recon_plugin.console import error_line, make_console
+    from recon_plugin.console import make_console
 
-    try:
-        spec = load_study(config)
-        result = run_study(spec, retime=retime)
-    except ReconError as exc:
-        typer.echo(error_line(exc), err=True)
-        raise typer.Exit(2) from exc
+    spec = load_study(config)  # a named error ends as one line and exit 2 in recon-train's main
+    result = run_study(spec, retime=retime)
     console = make_console()
     console.print(markdown_table(result))
     console.print(f"wrote {spec.out / TABLE_NAME}, {spec.out / RESULTS_NAME}, {spec.out / PLOT_NAME}")
