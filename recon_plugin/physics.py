@@ -191,6 +191,34 @@ class _RegularisedSolve:
         return conjugate_gradient(lambda v: self.normal(v) + lam * v, self.adjoint(y), None, iterations)
 
 
+def _normal_product(x: torch.Tensor, maps: torch.Tensor, maps_conj: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """(D S)^H F^H M F (D S) x with the checkerboard D folded into ``maps``; in-place products, no autograd graph."""
+    with torch.no_grad():
+        k = torch.fft.fftn(x.unsqueeze(1) * maps, dim=_DIMS, norm="ortho")
+        k.mul_(weight)
+        coils = torch.fft.ifftn(k, dim=_DIMS, norm="ortho")
+        coils.mul_(maps_conj)
+        return coils.sum(1)
+
+
+class _FusedNormal(torch.autograd.Function):
+    """A^H A as one autograd node: A^H A is Hermitian, so its vector-Jacobian product is A^H A again.
+
+    Autograd through the separate products would keep every intermediate coil tensor of every CG step for the
+    backward pass; this node keeps nothing but the operator and runs two FFTs per direction.
+    """
+
+    @staticmethod
+    def forward(ctx, x, maps, maps_conj, weight):  # type: ignore[no-untyped-def, override]
+        ctx.save_for_backward(maps, maps_conj, weight)
+        return _normal_product(x, maps, maps_conj, weight)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[no-untyped-def, override]
+        maps, maps_conj, weight = ctx.saved_tensors
+        return _normal_product(grad, maps, maps_conj, weight), None, None, None
+
+
 class SenseOperator(_RegularisedSolve):
     """SENSE forward model A x = M F (S x) for a batch of 2D slices.
 
@@ -277,11 +305,9 @@ class SenseOperator(_RegularisedSolve):
         if folded is None:
             return self.adjoint(self.forward(x))
         maps, maps_conj = folded
-        k = torch.fft.fftn(x.unsqueeze(1) * maps, dim=_DIMS, norm="ortho")
-        k = k.mul_(self._weight) if not torch.is_grad_enabled() else k * self._weight
-        coils = torch.fft.ifftn(k, dim=_DIMS, norm="ortho")
-        coils = coils.mul_(maps_conj) if not torch.is_grad_enabled() else coils * maps_conj
-        return coils.sum(1)
+        if torch.is_grad_enabled() and x.requires_grad:
+            return _FusedNormal.apply(x, maps, maps_conj, self._weight)
+        return _normal_product(x, maps, maps_conj, self._weight)
 
     def _folded_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(D S, its conjugate materialised) — the maps times the centring checkerboard (D alone for one coil) —

@@ -86,11 +86,23 @@ class DataConfig:
     mask_mixture: list[str] | None = None
     uniform_calib: list[int] | None = None
     coil_range: list[int] | None = None
+    coil_log_uniform: bool = False
     coil_kspace: list[str] | None = None
     real_map_fraction: float = 0.5
     single_coil_fraction: float = 0.0
     noise_range: list[float] | None = None
     estimate_maps: bool = True
+    #: Matrix sides drawn per training batch (each axis independently from the list), e.g. [96, 128, 192, 256].
+    sizes: list[int] | None = None
+    #: Simulated batches held in the bank that training samples (0 = simulate every batch inline).
+    bank_batches: int = 0
+    #: Mean number of times a banked batch is used before it leaves the bank.
+    bank_reuse: int = 4
+    #: Producer processes simulating batches for the bank (0 = in this process, on demand).
+    bank_workers: int = 1
+    #: Real fully sampled multi-coil k-space validated on during training (a folder of *_kspace.npy).
+    real_val_path: str = ""
+    real_val_names: list[str] | None = None
 
     def check(self) -> None:
         """Raise TrainingConfigError on an impossible value."""
@@ -98,7 +110,7 @@ class DataConfig:
         self._check_scanner()
         if self.kind not in DATA_KINDS:
             raise _fail(s, "kind", f"{self.kind!r} is not supported; use one of {', '.join(DATA_KINDS)}")
-        if not self.path and not (self.kind in FILE_KINDS and self.paths):
+        if not self.path and not (self.kind in (*FILE_KINDS, "images") and self.paths):
             what = {
                 "images": "a .npy or NIfTI file of slices",
                 "raw": "raw files (or give paths)",
@@ -106,8 +118,11 @@ class DataConfig:
                 "sr": "a folder",
             }
             raise _fail(s, "path", f"{what[self.kind]} is required")
-        if self.paths is not None and self.kind not in FILE_KINDS:
-            raise _fail(s, "paths", 'only used with kind = "raw" or "fastmri"; give path instead')
+        if self.paths is not None and self.kind not in (*FILE_KINDS, "images"):
+            raise _fail(s, "paths", 'only used with kind = "images", "raw" or "fastmri"; give path instead')
+        if self.kind == "images" and self.path and self.paths:
+            raise _fail(s, "paths", "give path (one file) or paths (several), not both")
+        self._check_bank()
         if self.val_path and self.kind != "fastmri":
             raise _fail(s, "val_path", 'only used with kind = "fastmri"; split by train_range/val_range')
         if self.val_path and (self.train_range is not None or self.val_range is not None):
@@ -142,6 +157,21 @@ class DataConfig:
             raise _fail(s, "percentile", f"must be in (0, 100], got {self.percentile}")
         if self.seed < 0:
             raise _fail(s, "seed", f"must be >= 0, got {self.seed}")
+
+    def _check_bank(self) -> None:
+        s = "data"
+        for key, minimum in (("bank_batches", 0), ("bank_reuse", 1), ("bank_workers", 0)):
+            if getattr(self, key) < minimum:
+                raise _fail(s, key, f"must be >= {minimum}, got {getattr(self, key)}")
+        if self.bank_batches and self.kind != "images":
+            raise _fail(s, "bank_batches", 'the simulation bank is for kind = "images" (simulated k-space)')
+        if self.sizes is not None:
+            if self.kind != "images":
+                raise _fail(s, "sizes", 'per-batch matrix sizes are for kind = "images"')
+            if not self.sizes or min(self.sizes) < 16:
+                raise _fail(s, "sizes", f"expected a non-empty list of sides >= 16, got {self.sizes}")
+        if self.real_val_names is not None and not self.real_val_path:
+            raise _fail(s, "real_val_names", "needs real_val_path (the folder of *_kspace.npy files)")
 
     def _check_scanner(self) -> None:
         s = "data"
@@ -239,7 +269,8 @@ class RunConfig:
     log_every: int = 10
     seed: int = 0
     device: str = "auto"
-    bf16: bool = False
+    #: bf16 autocast for the network: true, false, or "auto" (on CUDA, and on CPUs with native bf16 instructions).
+    bf16: bool | str = False
     progress: bool = True
     #: A model bundle whose weights start this run (fine-tuning); empty = random initial weights.
     init_weights: str = ""
@@ -256,6 +287,8 @@ class RunConfig:
             raise _fail(s, "seed", f"must be >= 0, got {self.seed}")
         if self.device not in DEVICES:
             raise _fail(s, "device", f"unknown device {self.device!r}; use one of {', '.join(DEVICES)}")
+        if isinstance(self.bf16, str) and self.bf16 != "auto":
+            raise _fail(s, "bf16", f'expected true, false or "auto", got {self.bf16!r}')
 
 
 @dataclass
@@ -395,6 +428,8 @@ def config_from_dict(raw: dict[str, Any], base_dir: str | Path | None = None) ->
             config.data.path = str(base / config.data.path)
         if config.data.paths:
             config.data.paths = [p if Path(p).is_absolute() else str(base / p) for p in config.data.paths]
+        if config.data.real_val_path and not Path(config.data.real_val_path).is_absolute():
+            config.data.real_val_path = str(base / config.data.real_val_path)
         if config.data.val_path and not Path(config.data.val_path).is_absolute():
             config.data.val_path = str(base / config.data.val_path)
         if config.data.coil_kspace:

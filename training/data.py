@@ -20,6 +20,8 @@ class Batch:
     y: torch.Tensor
     op: SenseOperator
     x: torch.Tensor
+    #: The network's initial image when it was computed with the batch (a bank producer's CG-SENSE), else None.
+    x0: torch.Tensor | None = None
 
 
 class SimulatedSlices:

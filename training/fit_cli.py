@@ -26,6 +26,10 @@ def fit(
     resume: Annotated[
         Path | None, typer.Option(help="checkpoint file or run folder to continue from (newest checkpoint)")
     ] = None,
+    minutes: Annotated[
+        float | None,
+        typer.Option(min=0.1, help="end this chunk after the first step past MINUTES (checkpoint and bundle written)"),
+    ] = None,
 ) -> None:
     """Train an RGANCS bundle from a TOML configuration (GAN optional); Ctrl-C saves a checkpoint."""
     from . import distributed
@@ -40,7 +44,7 @@ def fit(
         info = distributed.init_from_env(cfg.run.device)
         distributed.quiet_other_ranks(info)
         trainer = Trainer(cfg)
-        metrics = trainer.fit(resume=resume)
+        metrics = trainer.fit(resume=resume, max_seconds=None if minutes is None else minutes * 60)
         distributed.shutdown()
     except ReconError as exc:
         typer.echo(error_line(exc), err=True)
@@ -58,13 +62,14 @@ def _standalone(
     resume: Annotated[
         Path | None, typer.Option(help="checkpoint file or run folder to continue from (newest checkpoint)")
     ] = None,
+    minutes: Annotated[float | None, typer.Option(min=0.1, help="end this chunk after MINUTES")] = None,
     verbose: Annotated[
         int, typer.Option("--verbose", "-v", count=True, help="log progress (INFO); -vv: DEBUG too")
     ] = 0,
 ) -> None:
     """Train an RGANCS bundle from a TOML configuration (GAN optional); Ctrl-C saves a checkpoint."""
     configure_logging(verbose, fmt=f"%(asctime)s {LOG_FORMAT}")
-    fit(config, resume)
+    fit(config, resume, minutes)
 
 
 def main() -> None:

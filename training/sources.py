@@ -28,6 +28,7 @@ from .datasets import (
     ImageFolderSR,
     RawFileSlices,
     SRBatch,
+    load_many,
     load_slices,
     siat_blocks,
 )
@@ -127,6 +128,7 @@ def scanner_simulation(d: DataConfig) -> ScannerSimulation | None:
         real_maps=real,
         real_fraction=d.real_map_fraction,
         single_coil_fraction=d.single_coil_fraction,
+        log_uniform=d.coil_log_uniform,
     )
     return ScannerSimulation(
         masks=parse_mixture(d.mask_mixture or [f"{d.mask_family}:{d.acceleration:g}"]),
@@ -138,52 +140,74 @@ def scanner_simulation(d: DataConfig) -> ScannerSimulation | None:
     )
 
 
+def _image_sources(
+    d: DataConfig, seed: int, val_seed: int | None
+) -> tuple[ImageArraySlices, ImageArraySlices | None, np.ndarray, np.ndarray]:
+    """(train source, validation source or None when ``val_seed`` is None, train indices, validation indices)."""
+    slices = load_many(d.paths) if d.paths else load_slices(d.path, d.axis)
+    train_idx, val_idx = _split(len(slices), d)
+    sim = scanner_simulation(d)
+    common = {
+        "axis": 0,
+        "crop": d.crop or None,
+        "coils": d.coils,
+        "noise": d.noise,
+        "mask_family": d.mask_family,
+        "acceleration": d.acceleration,
+        "percentile": d.percentile,
+    }
+    train = ImageArraySlices(
+        slices,
+        slices=train_idx,
+        per_sample_masks=d.per_sample_masks,
+        augment=d.augment,
+        seed=seed,
+        random_crop=d.random_crop,
+        scanner=sim,
+        sizes=d.sizes,
+        **common,
+    )
+    if val_seed is None:
+        return train, None, train_idx, val_idx
+    if d.random_crop or d.sizes:  # validate on whole slices
+        common["crop"] = None
+    val = ImageArraySlices(
+        slices, slices=val_idx, per_sample_masks=False, augment=False, seed=val_seed, scanner=sim, **common
+    )
+    return train, val, train_idx, val_idx
+
+
+def image_train_source(config: TrainConfig, seed_offset: int = 0) -> ImageArraySlices:
+    """The training source of ``kind = "images"`` alone (what a bank producer process simulates from)."""
+    try:
+        return _image_sources(config.data, config.data.seed + seed_offset, None)[0]
+    except DatasetError as exc:
+        raise TrainingConfigError(f"[data].path: {exc}") from exc
+
+
 def _build(config: TrainConfig, seed: int, val_seed: int) -> Sources:
     d = config.data
     summary: dict[str, Any] = {"kind": d.kind}
     if d.kind == "images":
-        slices = load_slices(d.path, d.axis)
-        train_idx, val_idx = _split(len(slices), d)
-        sim = scanner_simulation(d)
-        common = {
-            "axis": 0,
-            "crop": d.crop or None,
-            "coils": d.coils,
-            "noise": d.noise,
-            "mask_family": d.mask_family,
-            "acceleration": d.acceleration,
-            "percentile": d.percentile,
-        }
-        train: Source = ImageArraySlices(
-            slices,
-            slices=train_idx,
-            per_sample_masks=d.per_sample_masks,
-            augment=d.augment,
-            seed=seed,
-            random_crop=d.random_crop,
-            scanner=sim,
-            **common,
-        )
-        if d.random_crop:  # validate on whole slices
-            common["crop"] = None
-        val = ImageArraySlices(
-            slices, slices=val_idx, per_sample_masks=False, augment=False, seed=val_seed, scanner=sim, **common
-        )
+        train, val, train_idx, val_idx = _image_sources(d, seed, val_seed)
+        sim = train.scanner
         summary.update(
-            source=Path(d.path).name,
+            source=Path(d.path).name if d.path else [Path(p).name for p in d.paths or []],
             matrix=list(train.shape),
-            complex=bool(np.iscomplexobj(slices)),
+            complex=bool(np.iscomplexobj(train.data)),
             coils=d.coils,
             simulation=f"{d.coils} simulated coil(s), noise {d.noise:g}, smooth random phase for magnitude input"
             + (", flips/rotations" if d.augment else "")
-            + (f", random {d.crop}x{d.crop} training crops, whole validation slices" if d.random_crop else ""),
+            + (f", random {d.crop}x{d.crop} training crops, whole validation slices" if d.random_crop else "")
+            + (f", matrix sides drawn per batch from {d.sizes}" if d.sizes else ""),
         )
         if sim is not None:
             summary.update(
                 coils="per example (scanner simulation)",
                 simulation="scanner-like: per-example coil maps, correlated noise, mask mixture"
                 + (", flips/rotations" if d.augment else "")
-                + (f", random {d.crop}x{d.crop} training crops, whole validation slices" if d.random_crop else ""),
+                + (f", random {d.crop}x{d.crop} training crops, whole validation slices" if d.random_crop else "")
+                + (f", matrix sides drawn per batch from {d.sizes}" if d.sizes else ""),
                 scanner_simulation=sim.summary(),
                 seed=d.seed,
             )

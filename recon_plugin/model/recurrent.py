@@ -132,7 +132,9 @@ class RecurrentProximalNet(nn.Module):
         if x0 is not None:
             x = x0
         elif c.init == "cg_sense":
-            x = self._require(op, "cg_sense")(y, c.init_iterations)
+            # no weights in the initial image: without a gradient to y there is nothing to record for backward
+            with torch.set_grad_enabled(torch.is_grad_enabled() and y.requires_grad):
+                x = self._require(op, "cg_sense")(y, c.init_iterations)
         else:
             x = op.adjoint(y)
         outputs: list[torch.Tensor] = []

@@ -50,6 +50,18 @@ def siat_blocks(
     return Split(indices(train_b), indices(val_b))
 
 
+def load_many(sources: Sequence[str | Path], axis: int = 0) -> np.ndarray:
+    """Slices of several files stacked in order (one in-memory array); they must share the in-plane matrix."""
+    parts = [load_slices(p, axis) for p in sources]
+    shapes = sorted({tuple(p.shape[1:]) for p in parts})
+    if len(shapes) > 1:
+        raise InvalidInputError(f"image files differ in matrix size {shapes}; give files of one size")
+    if len(parts) == 1:
+        return parts[0]
+    dtype = np.complex64 if any(np.iscomplexobj(p) for p in parts) else np.float32
+    return np.concatenate([np.asarray(p, dtype=dtype) for p in parts])
+
+
 def load_slices(source: str | Path | np.ndarray, axis: int = 0) -> np.ndarray:
     """Slices [n, ny, nx] from an array, a .npy file (memory-mapped) or a NIfTI volume (slices along ``axis``)."""
     if isinstance(source, np.ndarray):
@@ -122,6 +134,7 @@ class ImageArraySlices:
         percentile: float = 99.0,
         seed: int = 0,
         scanner: ScannerSimulation | None = None,
+        sizes: Sequence[int] | None = None,
     ) -> None:
         self.data = load_slices(source, axis)
         self.indices = np.arange(len(self.data)) if slices is None else np.asarray(slices, dtype=np.int64)
@@ -139,6 +152,12 @@ class ImageArraySlices:
                 "choose a smaller crop or pad=True"
             )
         self.shape: tuple[int, int] = (int(shape[0]), int(shape[1]))
+        #: Matrix sides drawn per batch (each axis independently) when given: ``shape`` changes with every batch.
+        self.sizes = [int(n) for n in sizes] if sizes else None
+        if self.sizes and (min(self.sizes) < 16 or (not pad and max(self.sizes) > min(source_shape))):
+            raise ImageTooSmallError(
+                f"matrix sizes {self.sizes} must be >= 16 and fit the {source_shape[0]}x{source_shape[1]} slices"
+            )
         self.pad, self.random_crop, self.augment = pad, random_crop, augment
         self.noise, self.percentile = float(noise), percentile
         self.mask_family, self.acceleration, self.calib = mask_family, acceleration, calib
@@ -199,8 +218,15 @@ class ImageArraySlices:
         return normalised_batch(y, op, x, self.percentile)
 
     def sample(self, batch_size: int) -> Batch:
-        """A random batch."""
+        """A random batch (of a newly drawn matrix size when ``sizes`` is set)."""
+        if self.sizes:
+            self.shape = (int(self.rng.choice(self.sizes)), int(self.rng.choice(self.sizes)))
         return self.batch(self.rng.integers(0, len(self), batch_size))
+
+    def sample_seeded(self, batch_size: int, seed: Sequence[int]) -> Batch:
+        """The batch of ``seed`` (a sequence of ints): the same seed gives the same batch on any process."""
+        self.rng = np.random.default_rng(list(seed))
+        return self.sample(batch_size)
 
     def _scanner_batch(self, positions: Sequence[int] | np.ndarray) -> Batch:
         sim, rng = self.scanner, self.rng

@@ -178,6 +178,8 @@ class CoilModel:
     real_maps: list[np.ndarray] = field(default_factory=list)
     real_fraction: float = 0.5
     single_coil_fraction: float = 0.0
+    #: Draw birdcage coil counts log-uniformly (as many 2-4 as 16-32 coil arrays) instead of uniformly.
+    log_uniform: bool = False
 
     def __post_init__(self) -> None:
         lo, hi = self.coil_range
@@ -194,7 +196,11 @@ class CoilModel:
         if self.real_maps and rng.random() < self.real_fraction:
             index = int(rng.integers(len(self.real_maps)))
             return "real", int(self.real_maps[index].shape[0]), index
-        return "birdcage", int(rng.integers(self.coil_range[0], self.coil_range[1] + 1)), -1
+        lo, hi = self.coil_range
+        if self.log_uniform:
+            coils = int(np.floor(np.exp(rng.uniform(np.log(lo), np.log(hi + 1)))))
+            return "birdcage", min(hi, max(lo, coils)), -1
+        return "birdcage", int(rng.integers(lo, hi + 1)), -1
 
     def draw_maps(self, kind: str, coils: int, index: int, shape: tuple[int, int], rng: np.random.Generator):
         """Maps [coils, ny, nx] of one example for a kind drawn by :meth:`draw_kind` (None for single coil)."""
@@ -281,6 +287,7 @@ class ScannerSimulation:
             "masks": [str(m) for m in self.masks],
             "uniform_calib_lines": list(self.uniform_calib),
             "coil_range": list(self.coils.coil_range),
+            "coil_draw": "log-uniform" if self.coils.log_uniform else "uniform",
             "real_map_sources": self.sources,
             "real_map_fraction": self.coils.real_fraction if self.coils.real_maps else 0.0,
             "single_coil_fraction": self.coils.single_coil_fraction,
