@@ -1,82 +1,109 @@
-"""Training throughput of RGANCS (slices per second), fp32 and bf16 autocast, through the real Trainer.
+"""Training throughput of RGANCS in examples per hour, stage by stage, through the real Trainer.
 
-Usage: python benchmarks/training_throughput.py [--features 128 --size 256 --batch 2 --steps 3 --device auto]
-Times ``Trainer.train_step`` (a batch drawn and simulated with a new 5x radial mask per slice, forward through
-every copy, data-fidelity + pixel loss, backward, clipping, Adam) after one warm-up step, on the bundled Colin27
-slices zero-padded to ``size`` (or ``--data`` slices of that size); bf16 keeps A, A^H and the data-consistency
-steps in complex64 as training does.
+Usage::
+
+    python benchmarks/training_throughput.py --config configs/multicoil/cg_10x1x32_cpu.toml [--steps 12]
+        [--warmup 4] [--reuse 4] [--bank-batches 8] [--stages inline,fused,bank] [--json FILE]
+
+Every stage trains the same model on the same configuration (data, crops, coils, masks); each adds one change:
+
+* ``inline``: as the configuration was shipped before the bank: every batch simulated inside the step, A^H A as
+  separate autograd products, the zero-weight data-fidelity term computed and back-propagated (the CG-SENSE
+  initial image is now computed without a graph in every stage, so this baseline is slightly faster than the
+  old code: the ratios are conservative);
+* ``fused``: the fused A^H A node and no work for zero-weight terms;
+* ``bank``: batches from the simulation bank (one producer process, each batch used ``--reuse`` times).
+
+Precision follows ``run.bf16 = "auto"`` (bf16 only on CUDA or a CPU with native bf16; ``--bf16 on|off`` forces
+it). A stage's figure is the wall time of ``--steps`` steps after ``--warmup`` steps (the bank's start-up fill
+is in the warm-up), so waiting for the producer counts. Run it on an otherwise idle machine: stages are timed
+one after the other, and other jobs on the cores change the figures several-fold.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
+import json
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import torch
 
-from recon_plugin.sample_data import load_colin_slices
-from training.config import config_from_dict
+from recon_plugin.physics import SenseOperator
+from training.config import load_config
 from training.loop import Trainer
 
-
-def padded_colin(size: int) -> np.ndarray:
-    """The bundled slices zero-padded (or centre-cropped) to size x size."""
-    slices = load_colin_slices()
-    out = np.zeros((len(slices), size, size), np.float32)
-    ny, nx = (min(n, size) for n in slices.shape[1:])
-    iy, ix = (slices.shape[1] - ny) // 2, (slices.shape[2] - nx) // 2
-    oy, ox = (size - ny) // 2, (size - nx) // 2
-    out[:, oy : oy + ny, ox : ox + nx] = slices[:, iy : iy + ny, ix : ix + nx]
-    return out
+STAGES = ("inline", "fused", "bank")
 
 
-def time_steps(args: argparse.Namespace, data: Path, out: Path, bf16: bool) -> tuple[float, str]:
-    """Median seconds of one training step, and the device it ran on."""
-    n = len(np.load(data, mmap_mode="r"))
-    config = config_from_dict(
-        {
-            "model": {"copies": args.copies, "blocks": args.blocks, "features": args.features},
-            "data": {"path": str(data), "train_range": [0, n - 1], "val_range": [n - 1, n]},
-            "optim": {"batch_size": args.batch, "steps": args.steps + 1},
-            "run": {"out": str(out), "device": args.device, "bf16": bf16, "progress": False, "seed": 0},
-        }
-    )
-    trainer = Trainer(config)
-    trainer.train_step()  # warm-up
-    times = []
-    for _ in range(args.steps):
-        if trainer.device.type == "cuda":
-            torch.cuda.synchronize(trainer.device)
+def _unfused_normal(self: SenseOperator, x: torch.Tensor) -> torch.Tensor:
+    return self.adjoint(self.forward(x))
+
+
+def run_stage(stage: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """Seconds for ``args.steps`` steps of ``stage`` after the warm-up, and examples per hour."""
+    cfg = load_config(args.config)
+    cfg.run.out, cfg.run.progress, cfg.run.init_weights = str(out), False, ""
+    cfg.run.bf16 = {"auto": "auto", "on": True, "off": False}[args.bf16]
+    cfg.data.bank_batches = args.bank_batches if stage == "bank" else 0
+    cfg.data.bank_reuse, cfg.data.bank_workers = args.reuse, 1
+    cfg.data.val_range = [cfg.data.val_range[0], cfg.data.val_range[0] + 1] if cfg.data.val_range else None
+    original = SenseOperator.normal
+    if stage == "inline":
+        cfg.loss.fidelity_weight = cfg.loss.fidelity_weight or 1e-30  # computed and back-propagated, as before
+        SenseOperator.normal = _unfused_normal  # type: ignore[method-assign]
+    try:
+        trainer = Trainer(cfg)
+        for _ in range(args.warmup):
+            trainer.train_step()
         start = time.perf_counter()
-        trainer.train_step()
-        if trainer.device.type == "cuda":
-            torch.cuda.synchronize(trainer.device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), str(trainer.device)
+        for _ in range(args.steps):
+            trainer.train_step()
+        seconds = time.perf_counter() - start
+    finally:
+        SenseOperator.normal = original  # type: ignore[method-assign]
+        if "trainer" in locals() and trainer.bank is not None:
+            trainer.bank.close()
+    examples = args.steps * cfg.optim.batch_size
+    return {
+        "stage": stage,
+        "seconds_per_step": seconds / args.steps,
+        "examples_per_hour": examples * 3600 / seconds,
+        "bf16": trainer.bf16,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for name, default in (("copies", 10), ("blocks", 1), ("features", 128), ("size", 256), ("batch", 2), ("steps", 3)):
-        parser.add_argument(f"--{name}", type=int, default=default)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--data", type=Path, help=".npy of slices [n, size, size] (default: bundled slices, padded)")
+    parser.add_argument("--config", type=Path, default=Path("configs/multicoil/cg_10x1x32_cpu.toml"))
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--warmup", type=int, default=4)
+    parser.add_argument("--reuse", type=int, default=4)
+    parser.add_argument("--bank-batches", type=int, default=8)
+    parser.add_argument("--bf16", choices=("auto", "on", "off"), default="auto")
+    parser.add_argument("--stages", default=",".join(STAGES))
+    parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+    bad = [s for s in stages if s not in STAGES]
+    if bad:
+        parser.error(f"unknown stage(s) {bad}; choose from {', '.join(STAGES)}")
+    rows = []
     with tempfile.TemporaryDirectory(prefix="train-throughput-") as tmp:
-        data = args.data or Path(tmp) / "slices.npy"
-        if args.data is None:
-            np.save(data, padded_colin(args.size))
-        for bf16 in (False, True):
-            median, device = time_steps(args, data, Path(tmp) / ("bf16" if bf16 else "fp32"), bf16)
+        for stage in stages:
+            rows.append(run_stage(stage, args, Path(tmp) / stage))
+            first = rows[0]["examples_per_hour"]
+            r = rows[-1]
             print(
-                f"{'bf16' if bf16 else 'fp32'}: {args.copies}x{args.blocks}x{args.features}, {args.size}x{args.size}, "
-                f"batch {args.batch} on {device} ({torch.get_num_threads()} threads): {median:.3f} s/step, "
-                f"{args.batch / median:.3f} slices/s (median of {args.steps})"
+                f"{stage:7s} {r['seconds_per_step']:6.2f} s/step  {r['examples_per_hour']:8.0f} examples/h  "
+                f"x{r['examples_per_hour'] / first:.2f}  (bf16 {r['bf16']}, {r['threads']} threads)",
+                flush=True,
             )
+    if args.json:
+        args.json.write_text(json.dumps({"config": str(args.config), "rows": rows}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -46,13 +46,13 @@ def run_demo(
     ``device``) and, with ``cs`` and BART installed, BART CS-Wavelet and CS-TV at their tuned lambdas; write PNG,
     mask and JSON to ``out``. Without BART the CS rows are left out with a warning. The bundle and the mask are
     checked before anything is written: a bad one leaves ``out`` as it was."""
-    if bundle is None:
-        from .pipeline import default_weights
+    from .pipeline import default_rgancs
 
-        bundle = default_weights(device or "auto")
+    # loads and checks the bundle(s); without one, the gadgets' default routing by coil count
+    rgancs = default_rgancs(device or "auto") if bundle is None else RGANCS(bundle, device=device)
     _, slices = split_held_out(load_colin_slices())
     mask_result = make_mask(family, slices.shape[1:], acceleration, seed=seed)
-    methods: list[Reconstructor] = [ZeroFilled(), RGANCS(bundle, device=device)]  # loads and checks the bundle
+    methods: list[Reconstructor] = [ZeroFilled(), rgancs]
     if cs:
         try:
             methods += [BartCS("wavelet", workers=1), BartCS("tv", workers=1)]
@@ -80,7 +80,7 @@ def run_demo(
     image_grid(grid, labels, out / "demo.png")
     summary = {
         "mask": {"family": family, "acceleration_requested": acceleration, "acceleration": mask_result.acceleration},
-        "bundle": str(bundle),
+        "bundle": str(bundle) if bundle is not None else sorted({str(r.meta.get("model")) for r in results["rgancs"]}),
         "rows": [r.__dict__ for r in rows],
     }
     (out / "demo.json").write_text(json.dumps(summary, indent=2) + "\n")

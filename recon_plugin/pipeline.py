@@ -26,9 +26,9 @@ from .kspace import Assembled, Assembler, RetroSettings
 from .masks import FAMILIES
 from .metrics import snr_db, ssim
 from .problem import Problem
-from .reconstructors import RGANCS, Reconstructor, Result, ZeroFilled
+from .reconstructors import RGANCS, CoilRoutedRGANCS, Reconstructor, Result, ZeroFilled
 from .reconstructors.bart_cs import BartCS
-from .sample_data import DEFAULT_BUNDLE, DEFAULT_BUNDLES
+from .sample_data import DEFAULT_BUNDLE, DEFAULT_BUNDLES, DEFAULT_SINGLE_COIL_BUNDLE
 from .timings import RECON_STAGE, StageTimer, meta_name
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ _COMMON = frozenset(
 _BART = frozenset({"lambda", "iterations", "time_limit", "workers"})
 #: The properties each gadget target accepts; any other is a ProtocolError (a typo must not pass silently).
 PROPERTIES: dict[str, frozenset[str]] = {
-    "rgancs": _COMMON | {"weights", "fast_path", "batch_size"},
+    "rgancs": _COMMON | {"weights", "single_coil_weights", "fast_path", "batch_size"},
     "zero_filled": _COMMON,
     "cs_wavelet": _COMMON | _BART,
     "cs_tv": _COMMON | _BART,
@@ -82,6 +82,8 @@ class GadgetSettings:
 
     method: str
     weights: Path = DEFAULT_BUNDLE
+    #: The bundle for single-coil slices; None = ``weights`` for every coil count.
+    single_coil_weights: Path | None = None
     device: str = "auto"
     batch_size: int = 0  # 0: the device's default (RGANCS.default_batch_size)
     fast_path: str = "auto"
@@ -111,6 +113,7 @@ class GadgetSettings:
         return cls(
             method=method,
             weights=Path(props["weights"]) if props.get("weights") else default_weights(props.get("device") or "auto"),
+            single_coil_weights=_single_coil_weights(props),
             device=props.get("device", "auto") or "auto",
             fast_path=props.get("fast_path", "auto") or "auto",
             batch_size=_number(props, "batch_size", 0, int, minimum=0),
@@ -125,6 +128,17 @@ class GadgetSettings:
             workers=_number(props, "workers", 2, int, minimum=1),
             threads=_threads(props),
         )
+
+
+def _single_coil_weights(props: dict[str, str]) -> Path | None:
+    """``single_coil_weights``: a bundle path, or ``same`` (``weights`` for every coil count). Absent: the default
+    single-coil bundle when ``weights`` is absent too, else ``weights`` for every coil count."""
+    text = props.get("single_coil_weights", "").strip()
+    if text.lower() == "same":
+        return None
+    if text:
+        return Path(text)
+    return None if props.get("weights", "").strip() else DEFAULT_SINGLE_COIL_BUNDLE
 
 
 def _number(
@@ -276,12 +290,30 @@ def build_reconstructor(settings: GadgetSettings) -> Reconstructor:
             time_limit=settings.time_limit,
             workers=settings.workers,
         )
-    key = (str(Path(settings.weights).resolve()), settings.device, settings.batch_size, settings.fast_path)
+    multi = _resident_rgancs(settings, settings.weights)
+    single = settings.single_coil_weights
+    if single is None or Path(single).resolve() == Path(settings.weights).resolve():
+        return multi
+    return CoilRoutedRGANCS(multi=multi, single=_resident_rgancs(settings, single))
+
+
+def _resident_rgancs(settings: GadgetSettings, weights: Path) -> RGANCS:
+    key = (str(Path(weights).resolve()), settings.device, settings.batch_size, settings.fast_path)
     if key not in _RESIDENT:
         _RESIDENT[key] = RGANCS(
-            settings.weights, device=settings.device, batch_size=settings.batch_size, fast_path=settings.fast_path
+            weights, device=settings.device, batch_size=settings.batch_size, fast_path=settings.fast_path
         )
     return _RESIDENT[key]
+
+
+def default_rgancs(device: str = "auto", weights: str | Path | None = None) -> Reconstructor:
+    """RGANCS as a gadget without properties runs it: ``weights`` (default :func:`default_weights`) for every
+    slice, or, without ``weights``, the default bundle for multi-coil and the single-coil default for single-coil
+    slices."""
+    props = {"device": device}
+    if weights is not None:
+        props["weights"] = str(weights)
+    return build_reconstructor(GadgetSettings.from_properties("rgancs", props))
 
 
 def assemble(

@@ -51,6 +51,9 @@ DEMO_BUNDLE = WEIGHTS_DIR / "rgancs_demo_cpu"
 #: Demoted (loses to CS everywhere): the paper's 10x1x128 architecture trained on single-coil SIAT slices.
 FULL_BUNDLE = WEIGHTS_DIR / "rgancs_10x1x128_siat"
 MATRIX = (208, 176)
+#: The bundle single-coil slices get when a gadget has no ``weights`` property (``single_coil_weights``): the
+#: best measured single-coil model, which beats the multi-coil default on single-coil data (its model card).
+DEFAULT_SINGLE_COIL_BUNDLE = FULL_BUNDLE
 #: Slices kept out of training: the demo and the demo bundle's validation use them.
 HELD_OUT = (4, 11, 18, 25)
 

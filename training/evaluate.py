@@ -350,11 +350,12 @@ def build_methods(
         elif name in BART_METHODS:
             out.append(BartCS(BART_METHODS[name], iterations=iterations, workers=workers, time_limit=600))  # type: ignore[arg-type]
         else:
-            if bundle is None:
-                from recon_plugin.pipeline import default_weights
+            if bundle is None:  # the gadgets' default: routed by coil count
+                from recon_plugin.pipeline import default_rgancs
 
-                bundle = default_weights(device)
-            out.append(RGANCS(bundle, device=device))
+                out.append(default_rgancs(device))
+            else:
+                out.append(RGANCS(bundle, device=device))
     return out
 
 

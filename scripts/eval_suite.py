@@ -1,0 +1,139 @@
+"""Run the evaluation sets of the model cards and docs with ``recon-train eval``, one JSON per (set, method group).
+
+Usage::
+
+    python scripts/eval_suite.py --data ../shared/data --out docs/eval [--sets a,b] [--groups baselines,default]
+        [--bundle NAME=PATH ...] [--threads 2]
+
+Sets (all with the same masks and ESPIRiT maps for every method; mask seeds from ``recon-train eval``'s default):
+
+* ``real_radial5`` / ``real_uniform3``: the three real brains of ``multicoil_kspace`` the earlier tables used, radial
+  5x (24-line centre) and uniform R=3 + 24 ACS lines;
+* ``new_radial5`` / ``new_uniform3``: the two newer real brains (8-channel, 4-channel MPRAGE);
+* ``siat8_radial5`` / ``siat1_radial5``: SIAT validation blocks 15-16 (slices 140-159) with 8 simulated coils / 1 coil;
+* ``coils{1,4,8,16,32}``: every 4th of those slices with that many simulated coils;
+* ``size{96,128x192,384}``: the same slices centre-cropped to 96x96 or 128x192, or Fourier-interpolated to
+  384x384, with 8 simulated coils (written once under ``--cache``).
+
+Method groups: ``baselines`` (zero-filled, CS-WV, CS-TV), ``default`` (RGANCS as the gadgets load it, routed by
+coil count) and one group per ``--bundle NAME=PATH``. A JSON that exists is kept (delete it to rerun).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+SIAT = "siat_brain_complex/images_lsq001-160.npy"
+REAL = ("marcsous_head_8ch", "ugmpi_GE_brain_4ch", "ugmpi_MPRAGE_brain_4ch")
+NEW = ("jiawang_brain_8ch", "loraks_MPRAGE_brain_4ch")
+SIZES = {"size96": (96, 96), "size128x192": (128, 192), "size384": (384, 384)}
+
+
+def _fourier_resize(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Centre crop (smaller) or zero-pad (larger) the centred k-space of ``image``: a band-limited resize."""
+    k = np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(image), norm="ortho"))
+    out = np.zeros(shape, np.complex64)
+    ny, nx = (min(a, b) for a, b in zip(shape, k.shape, strict=True))
+    sy, sx = (k.shape[0] - ny) // 2, (k.shape[1] - nx) // 2
+    oy, ox = (shape[0] - ny) // 2, (shape[1] - nx) // 2
+    out[oy : oy + ny, ox : ox + nx] = k[sy : sy + ny, sx : sx + nx]
+    return np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(out), norm="ortho")).astype(np.complex64)
+
+
+def size_file(data: Path, cache: Path, name: str) -> Path:
+    """The SIAT validation slices 140:160:4 at the matrix of ``name`` (crop for smaller, k-space pad for larger)."""
+    path = cache / f"siat_val_{name}.npy"
+    if not path.is_file():
+        slices = np.load(data / SIAT, mmap_mode="r")[140:160:4]
+        ny, nx = SIZES[name]
+        out = []
+        for s in np.asarray(slices, np.complex64):
+            s = s / np.abs(s).max()
+            if ny <= s.shape[0] and nx <= s.shape[1]:
+                y0, x0 = (s.shape[0] - ny) // 2, (s.shape[1] - nx) // 2
+                out.append(s[y0 : y0 + ny, x0 : x0 + nx])
+            else:
+                out.append(_fourier_resize(s, (ny, nx)))
+        cache.mkdir(parents=True, exist_ok=True)
+        np.save(path, np.stack(out))
+    return path
+
+
+def set_args(name: str, data: Path, cache: Path) -> list[str]:
+    """``recon-train eval`` arguments of evaluation set ``name``."""
+    folder = str(data / "multicoil_kspace")
+    if name.startswith(("real_", "new_")):
+        names = ",".join(REAL if name.startswith("real_") else NEW)
+        mask = (
+            ["--mask-family", "radial", "--acceleration", "5"]
+            if name.endswith("radial5")
+            else ["--mask-family", "uniform", "--acceleration", "3"]
+        )
+        return ["--data", folder, "--names", names, *mask, "--calib", "24"]
+    if name in ("siat8_radial5", "siat1_radial5"):
+        coils = "8" if name.startswith("siat8") else "1"
+        return ["--data", str(data / SIAT), "--slices", "140:160", "--coils", coils]
+    if name.startswith("coils"):
+        return ["--data", str(data / SIAT), "--slices", "140:160:4", "--coils", name.removeprefix("coils")]
+    if name in SIZES:
+        return ["--data", str(size_file(data, cache, name)), "--coils", "8"]
+    raise SystemExit(f"unknown set {name!r}")
+
+
+SETS = (
+    "real_radial5",
+    "real_uniform3",
+    "new_radial5",
+    "new_uniform3",
+    "siat8_radial5",
+    "siat1_radial5",
+    "coils1",
+    "coils4",
+    "coils8",
+    "coils16",
+    "coils32",
+    *SIZES,
+)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=Path("../shared/data"))
+    parser.add_argument("--out", type=Path, default=Path("docs/eval"))
+    parser.add_argument("--cache", type=Path, default=Path("runs/eval_data"))
+    parser.add_argument("--sets", default=",".join(SETS))
+    parser.add_argument("--groups", default="baselines,default")
+    parser.add_argument("--bundle", action="append", default=[], help="NAME=PATH: a method group of its own")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    bundles = dict(b.split("=", 1) for b in args.bundle)
+    groups = [g for g in args.groups.split(",") if g] + [g for g in bundles if g not in args.groups.split(",")]
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name in [s for s in args.sets.split(",") if s]:
+        base = set_args(name, args.data, args.cache)
+        for group in groups:
+            out = args.out / f"{name}.{group}.json"
+            if out.is_file():
+                continue
+            if group == "baselines":
+                extra = ["--methods", "zero_filled,cs_wavelet,cs_tv"]
+            elif group == "default":
+                extra = ["--methods", "rgancs"]
+            else:
+                extra = ["--methods", "rgancs", "--bundle", bundles[group]]
+            cmd = ["recon-train", "eval", *base, *extra, "--device", "cpu", "--json", str(out)]
+            print(" ".join(cmd), flush=True)
+            done = subprocess.run(cmd, env=env)
+            if done.returncode:
+                sys.exit(done.returncode)
+
+
+if __name__ == "__main__":
+    main()
