@@ -1,0 +1,100 @@
+"""Render the evaluation JSON of ``scripts/eval_suite.py`` into Markdown tables, and put them into documents.
+
+Usage::
+
+    python scripts/render_eval.py [--eval docs/eval] [--columns default=LABEL,previous=LABEL ...] [FILE.md ...]
+
+Every ``<!-- eval:TABLE -->`` ... ``<!-- /eval -->`` block of the given files is replaced by table TABLE, so no
+figure in the documents is copied by hand. Tables: ``main`` (the Done-means sets), ``coils`` (per simulated coil
+count), ``sizes`` (per matrix size). Columns: zero-filled, CS-WV, CS-TV, then one per method group (JSON files
+``SET.GROUP.json``) in ``--columns`` order, and the first group's margin over CS-WV. Without arguments the tables
+are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+TABLES = {
+    "main": [
+        ("real_radial5", "real brains (3: 8ch, 4ch, 4ch MPRAGE), radial 5x"),
+        ("real_uniform3", "real brains, uniform R=3 + 24 ACS"),
+        ("new_radial5", "new real brains (8ch, 4ch MPRAGE), radial 5x"),
+        ("new_uniform3", "new real brains, uniform R=3 + 24 ACS"),
+        ("siat8_radial5", "SIAT 140-159, 8 simulated coils, radial 5x"),
+        ("siat1_radial5", "SIAT 140-159, 1 coil, radial 5x"),
+    ],
+    "coils": [(f"coils{c}", f"{c} coil{'s' if c > 1 else ''}") for c in (1, 4, 8, 16, 32)],
+    "sizes": [
+        ("size96", "96x96 (crop)"),
+        ("size128x192", "128x192 (crop)"),
+        ("coils8", "256x256"),
+        ("size384", "384x384 (k-space zero-padded)"),
+    ],
+}
+BASELINES = (("zero_filled", "zero-filled"), ("cs_wavelet", "CS-WV"), ("cs_tv", "CS-TV"))
+
+
+def _means(path: Path) -> dict[str, dict[str, float]]:
+    if not path.is_file():
+        return {}
+    return {m["method"]: m for m in json.loads(path.read_text())["means"]}
+
+
+def _cell(mean: dict[str, float] | None) -> str:
+    return "n/a" if mean is None else f"{mean['snr_db']:.2f} / {mean['ssim']:.3f}"
+
+
+def render(table: str, folder: Path, columns: list[tuple[str, str]]) -> str:
+    """Table ``table`` as Markdown (SNR dB / SSIM; the margin is the first column group's SNR minus CS-WV's)."""
+    head = ["data", *(label for _, label in BASELINES), *(label for _, label in columns)]
+    if columns:
+        head.append(f"{columns[0][1]} vs CS-WV")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for key, label in TABLES[table]:
+        base = _means(folder / f"{key}.baselines.json")
+        groups = [_means(folder / f"{key}.{group}.json").get("rgancs") for group, _ in columns]
+        row = [label, *(_cell(base.get(m)) for m, _ in BASELINES), *(_cell(g) for g in groups)]
+        if columns:
+            wv, first = base.get("cs_wavelet"), groups[0]
+            row.append("n/a" if wv is None or first is None else f"{first['snr_db'] - wv['snr_db']:+.2f} dB")
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+_BLOCK = re.compile(r"(<!-- eval:(\w+) -->\n).*?(<!-- /eval -->)", re.S)
+
+
+def fill(path: Path, folder: Path, columns: list[tuple[str, str]]) -> int:
+    """Replace every eval block of ``path``; returns how many were replaced."""
+    text = path.read_text()
+    count = 0
+
+    def sub(match: re.Match[str]) -> str:
+        nonlocal count
+        count += 1
+        return f"{match.group(1)}{render(match.group(2), folder, columns)}\n{match.group(3)}"
+
+    path.write_text(_BLOCK.sub(sub, text))
+    return count
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--eval", type=Path, default=Path("docs/eval"))
+    parser.add_argument("--columns", default="default=RGANCS default")
+    parser.add_argument("files", nargs="*", type=Path)
+    args = parser.parse_args()
+    columns = [tuple(c.split("=", 1)) for c in args.columns.split(",") if c]
+    if not args.files:
+        for table in TABLES:
+            print(f"## {table}\n\n{render(table, args.eval, columns)}\n")  # type: ignore[arg-type]
+    for path in args.files:
+        print(f"{path}: {fill(path, args.eval, columns)} table(s)")  # type: ignore[arg-type]
+
+
+if __name__ == "__main__":
+    main()
