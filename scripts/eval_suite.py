@@ -11,6 +11,8 @@ Sets (all with the same masks and ESPIRiT maps for every method; mask seeds from
   5x (24-line centre) and uniform R=3 + 24 ACS lines;
 * ``new_radial5`` / ``new_uniform3``: the two newer real brains (8-channel, 4-channel MPRAGE);
 * ``siat8_radial5`` / ``siat1_radial5``: SIAT validation blocks 15-16 (slices 140-159) with 8 simulated coils / 1 coil;
+* ``loraks_{randacs7,unacs7,pfacs7}``: the 4-channel MPRAGE brain with its authors' R=7 masks (random + ACS,
+  uniform + ACS, partial Fourier + ACS);
 * ``coils{1,4,8,16,32}``: every 4th of those slices with that many simulated coils;
 * ``size{96,128x192,384}``: the same slices centre-cropped to 96x96 or 128x192, or Fourier-interpolated to
   384x384, with 8 simulated coils (written once under ``--cache``).
@@ -68,6 +70,10 @@ def size_file(data: Path, cache: Path, name: str) -> Path:
 def set_args(name: str, data: Path, cache: Path) -> list[str]:
     """``recon-train eval`` arguments of evaluation set ``name``."""
     folder = str(data / "multicoil_kspace")
+    if name.startswith("loraks_"):  # the authors' R=7 patterns of the 4-channel MPRAGE brain
+        key = {"loraks_randacs7": "kMaskRandACS7", "loraks_unacs7": "kMaskUnACS7", "loraks_pfacs7": "kMaskPFACS7"}
+        masks = f"{folder}/loraks_MPRAGE_R7_masks.npz:{key[name]}"
+        return ["--data", folder, "--names", "loraks_MPRAGE_brain_4ch", "--mask-file", masks]
     if name.startswith(("real_", "new_")):
         names = ",".join(REAL if name.startswith("real_") else NEW)
         mask = (
@@ -93,6 +99,9 @@ SETS = (
     "new_uniform3",
     "siat8_radial5",
     "siat1_radial5",
+    "loraks_randacs7",
+    "loraks_unacs7",
+    "loraks_pfacs7",
     "coils1",
     "coils4",
     "coils8",

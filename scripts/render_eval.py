@@ -27,6 +27,11 @@ TABLES = {
         ("siat8_radial5", "SIAT 140-159, 8 simulated coils, radial 5x"),
         ("siat1_radial5", "SIAT 140-159, 1 coil, radial 5x"),
     ],
+    "loraks": [
+        ("loraks_randacs7", "4ch MPRAGE, the authors' R=7 random + ACS"),
+        ("loraks_unacs7", "4ch MPRAGE, R=7 uniform + ACS"),
+        ("loraks_pfacs7", "4ch MPRAGE, R=7 partial Fourier + ACS"),
+    ],
     "coils": [(f"coils{c}", f"{c} coil{'s' if c > 1 else ''}") for c in (1, 4, 8, 16, 32)],
     "sizes": [
         ("size96", "96x96 (crop)"),

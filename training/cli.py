@@ -104,6 +104,9 @@ def evaluate(
     ] = None,
     json_file: Annotated[Path | None, typer.Option("--json", help="write rows, means and settings (JSON)")] = None,
     out: Annotated[Path | None, typer.Option(help="write the table (Markdown)")] = None,
+    mask_file: Annotated[
+        str | None, typer.Option(help="one mask for every slice: F.npy, or F.npz:KEY (replaces --mask-family)")
+    ] = None,
 ) -> None:
     """SNR, SSIM and seconds per slice of zero-filled, CS-WV, CS-TV and a bundle on the same masks and coil maps."""
     import json
@@ -128,6 +131,7 @@ def evaluate(
         device=device,
         methods=methods,
         workers=workers,
+        mask_file=mask_file,
     )
     s = report.settings
     title = (

@@ -314,6 +314,39 @@ def make_masks(
     return masks
 
 
+def file_masks(spec: str | Path, slices: list[SourceSlice]) -> list[MaskResult]:
+    """Every slice gets the mask of ``spec``: ``F.npy`` (2D boolean or 0/1) or ``F.npz:KEY`` (one array of an .npz,
+    e.g. a published sampling pattern). A missing file or key, another shape, non-binary values or an empty mask
+    is an InvalidInputError."""
+    text = str(spec)
+    path, _, key = text.partition(".npz:")
+    path = Path(path + ".npz") if key else Path(text)
+    if not path.is_file():
+        raise InvalidInputError(f"--mask-file {text}: no file {path}")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if key:
+            if key not in loaded.files:
+                raise InvalidInputError(f"--mask-file {text}: no array {key!r} in {path} (it has {loaded.files})")
+            mask = loaded[key]
+        elif isinstance(loaded, np.ndarray):
+            mask = loaded
+        else:
+            raise InvalidInputError(f"--mask-file {text}: an .npz needs :KEY, one of {loaded.files}")
+    except (ValueError, OSError) as exc:
+        raise InvalidInputError(f"--mask-file {text}: not a NumPy array ({exc})") from exc
+    if mask.ndim != 2 or not np.isin(mask, (0, 1)).all() or not mask.any():
+        raise InvalidInputError(f"--mask-file {text}: need a non-empty 2D 0/1 mask, got {mask.dtype} {mask.shape}")
+    for s in slices:
+        if tuple(mask.shape) != s.shape:
+            raise ShapeMismatchError(f"--mask-file {text} is {mask.shape[0]}x{mask.shape[1]}, slice {s.name} {s.shape}")
+    name = f"file:{path.stem}" + (f":{key}" if key else "")
+    r = mask.size / int(mask.astype(bool).sum())
+    return [MaskResult(mask=mask.astype(bool), view_order=None, family=name, acceleration_requested=r, seed=0)] * len(
+        slices
+    )
+
+
 def build_cases(kind: str, slices: list[SourceSlice], masks: list[MaskResult], coils: int = 1) -> list[Case]:
     """One Case per slice; every Problem's coil maps are estimated here, once, from its undersampled data."""
     cases = []
@@ -387,8 +420,10 @@ def run_eval(
     device: str = "auto",
     methods: str | None = None,
     workers: int = 1,
+    mask_file: str | Path | None = None,
 ) -> EvalReport:
-    """Open the data, make the masks, build the methods, estimate the maps once per slice, compare."""
+    """Open the data, make the masks (or take ``mask_file``'s for every slice), build the methods, estimate the
+    maps once per slice, compare."""
     method_names = parse_methods(methods)
     calib = resolve_calib(family, calib)
     source = open_data(data, names)
@@ -404,7 +439,11 @@ def run_eval(
             "multi-coil k-space [coils, ny, nx] from a folder, as NAME_kspace.npy",
             source.path,
         )
-    masks = make_masks(selected, family, acceleration, calib, seed)
+    masks = (
+        make_masks(selected, family, acceleration, calib, seed)
+        if mask_file is None
+        else file_masks(mask_file, selected)
+    )
     reconstructors = build_methods(method_names, bundle, iterations, device, workers)
     log.info("%d %s slices from %s; estimating coil maps", len(selected), source.kind, source.path)
     cases = build_cases(source.kind, selected, masks, n_coils)
