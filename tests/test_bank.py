@@ -160,8 +160,17 @@ def test_trainer_on_the_bank_resumes_exactly(slices_path: Path, tmp_path: Path) 
     straight = Trainer(config_from_dict(raw_config(slices_path, tmp_path / "a")))
     straight.fit()
     chunked = Trainer(config_from_dict(raw_config(slices_path, tmp_path / "b")))
-    chunked.fit(max_seconds=0.0)  # a chunk ends after its first step, with a checkpoint and a bundle
-    assert chunked.step == 1 and (tmp_path / "b" / "bundle").is_dir()
+
+    def interrupt(trainer: Trainer, stats: dict[str, float]) -> None:
+        if trainer.step == 3:
+            raise KeyboardInterrupt
+
+    chunked.callbacks.append(interrupt)
+    with pytest.raises(KeyboardInterrupt):  # Ctrl-C: a checkpoint of step 3
+        chunked.fit()
+    bundled = Trainer(config_from_dict(raw_config(slices_path, tmp_path / "b")))
+    bundled.fit(resume=tmp_path / "b", max_seconds=0.0)  # a chunk of no step: validation, checkpoint, bundle
+    assert bundled.step == 3 and (tmp_path / "b" / "bundle").is_dir()
     resumed = Trainer(config_from_dict(raw_config(slices_path, tmp_path / "b")))
     resumed.fit(resume=tmp_path / "b")
     assert resumed.step == 8

@@ -62,7 +62,7 @@ def _standalone(
     resume: Annotated[
         Path | None, typer.Option(help="checkpoint file or run folder to continue from (newest checkpoint)")
     ] = None,
-    minutes: Annotated[float | None, typer.Option(min=0.1, help="end this chunk after MINUTES")] = None,
+    minutes: Annotated[float | None, typer.Option(min=0.0, help="start no step after MINUTES")] = None,
     verbose: Annotated[
         int, typer.Option("--verbose", "-v", count=True, help="log progress (INFO); -vv: DEBUG too")
     ] = 0,

@@ -468,9 +468,9 @@ class Trainer:
     def fit(self, resume: str | Path | None = None, max_seconds: float | None = None) -> dict[str, float]:
         """Train to ``optim.steps``, validating and checkpointing on schedule; writes the bundle.
 
-        ``max_seconds`` ends this call (a chunk of a longer campaign) after the first step that passes that
-        much wall time: validation, a checkpoint and the bundle are written as at the end, and a later
-        ``fit(resume=...)`` continues exactly. Returns the final validation metrics. On Ctrl-C or a
+        ``max_seconds`` ends this call (a chunk of a longer campaign) before the first step that would start
+        after that much wall time (0: no step, e.g. to write the bundle of a resumed checkpoint): validation, a
+        checkpoint and the bundle are written as at the end, and a later ``fit(resume=...)`` continues exactly. Returns the final validation metrics. On Ctrl-C or a
         KeyboardInterrupt from a callback, writes a checkpoint of the last completed step and re-raises
         KeyboardInterrupt.
         """
@@ -497,6 +497,9 @@ class Trainer:
         try:
             with self._deferred_sigint():
                 while self.step < cfg.optim.steps:
+                    if max_seconds is not None and time.monotonic() - chunk_start >= max_seconds:
+                        log.info("chunk time of %.0f s used at step %d", max_seconds, self.step)
+                        break
                     start = time.perf_counter()
                     in_step = True
                     stats = self.train_step()
@@ -524,9 +527,6 @@ class Trainer:
                         callback(self, stats)
                     if self._stop_requested:
                         raise KeyboardInterrupt
-                    if max_seconds is not None and time.monotonic() - chunk_start >= max_seconds:
-                        log.info("chunk time of %.0f s used at step %d", max_seconds, self.step)
-                        break
         except KeyboardInterrupt:
             bar.close()
             if in_step:
