@@ -15,7 +15,7 @@ import numpy as np
 
 from .coils import sense_combine
 from .masks import MaskResult, make_mask
-from .metrics import snr_db, ssim
+from .metrics import sharpness, snr_db, ssim
 from .physics import fft2c, ifft2c
 from .problem import Problem
 from .reconstructors import Reconstructor
@@ -24,7 +24,7 @@ from .reconstructors import Reconstructor
 MULTICOIL_SLICES = ("marcsous_head_8ch", "ugmpi_GE_brain_4ch", "ugmpi_MPRAGE_brain_4ch")
 
 #: Metrics averaged per method.
-MEAN_KEYS = ("snr_db", "ssim", "seconds")
+MEAN_KEYS = ("snr_db", "ssim", "sharpness", "seconds")
 
 
 @dataclass
@@ -128,6 +128,7 @@ def compare(cases: list[Case], methods: list[Reconstructor]) -> list[dict]:
                     "slice": case.name,
                     "snr_db": snr_db(case.reference, result.image),
                     "ssim": ssim(case.reference, result.image),
+                    "sharpness": sharpness(case.reference, result.image),
                     "seconds": float(result.meta["seconds"]),
                     "acceleration": case.problem.acceleration,
                     "mask": mask_digest(case.problem.mask),

@@ -4,7 +4,8 @@ Usage::
 
     python scripts/render_eval.py [--eval docs/eval] [--columns default=LABEL,previous=LABEL ...] [FILE.md ...]
 
-Every ``<!-- eval:TABLE -->`` ... ``<!-- /eval -->`` block of the given files is replaced by table TABLE, so no
+Every ``<!-- eval:TABLE[:METRIC] [group=Label,...] -->`` ... ``<!-- /eval -->`` block of the given files is replaced
+by table TABLE (METRIC ``quality``, the default, or ``sharpness``; the block's own columns or ``--columns``), so no
 figure in the documents is copied by hand. Tables: ``main`` (the Done-means sets), ``coils`` (per simulated coil
 count), ``sizes`` (per matrix size). Columns: zero-filled, CS-WV, CS-TV, then one per method group (JSON files
 ``SET.GROUP.json``) in ``--columns`` order, and the first group's margin over CS-WV. Without arguments the tables
@@ -49,28 +50,31 @@ def _means(path: Path) -> dict[str, dict[str, float]]:
     return {m["method"]: m for m in json.loads(path.read_text())["means"]}
 
 
-def _cell(mean: dict[str, float] | None) -> str:
-    return "n/a" if mean is None else f"{mean['snr_db']:.2f} / {mean['ssim']:.3f}"
+def _cell(mean: dict[str, float] | None, metric: str = "quality") -> str:
+    if mean is None or (metric == "sharpness" and "sharpness" not in mean):
+        return "n/a"
+    return f"{mean['sharpness']:.3f}" if metric == "sharpness" else f"{mean['snr_db']:.2f} / {mean['ssim']:.3f}"
 
 
-def render(table: str, folder: Path, columns: list[tuple[str, str]]) -> str:
-    """Table ``table`` as Markdown (SNR dB / SSIM; the margin is the first column group's SNR minus CS-WV's)."""
+def render(table: str, folder: Path, columns: list[tuple[str, str]], metric: str = "quality") -> str:
+    """Table ``table`` as Markdown: SNR dB / SSIM and the first column group's SNR minus CS-WV's (``quality``), or
+    the relative sharpness (``sharpness``: edge energy over the reference's, 1 = as sharp)."""
     head = ["data", *(label for _, label in BASELINES), *(label for _, label in columns)]
-    if columns:
+    if columns and metric == "quality":
         head.append(f"{columns[0][1]} vs CS-WV")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for key, label in TABLES[table]:
         base = _means(folder / f"{key}.baselines.json")
         groups = [_means(folder / f"{key}.{group}.json").get("rgancs") for group, _ in columns]
-        row = [label, *(_cell(base.get(m)) for m, _ in BASELINES), *(_cell(g) for g in groups)]
-        if columns:
+        row = [label, *(_cell(base.get(m), metric) for m, _ in BASELINES), *(_cell(g, metric) for g in groups)]
+        if columns and metric == "quality":
             wv, first = base.get("cs_wavelet"), groups[0]
             row.append("n/a" if wv is None or first is None else f"{first['snr_db'] - wv['snr_db']:+.2f} dB")
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 
-_BLOCK = re.compile(r"(<!-- eval:(\w+) -->\n).*?(<!-- /eval -->)", re.S)
+_BLOCK = re.compile(r"(<!-- eval:(\w+)(?::(\w+))?(?: ([\w=,. -]+))? -->\n).*?(<!-- /eval -->)", re.S)
 
 
 def fill(path: Path, folder: Path, columns: list[tuple[str, str]]) -> int:
@@ -81,7 +85,11 @@ def fill(path: Path, folder: Path, columns: list[tuple[str, str]]) -> int:
     def sub(match: re.Match[str]) -> str:
         nonlocal count
         count += 1
-        return f"{match.group(1)}{render(match.group(2), folder, columns)}\n{match.group(3)}"
+        cols = columns
+        if match.group(4):  # the block's own columns: <!-- eval:TABLE:METRIC group=Label,group=Label -->
+            cols = [tuple(c.split("=", 1)) for c in match.group(4).split(",")]  # type: ignore[misc]
+        table = render(match.group(2), folder, cols, match.group(3) or "quality")
+        return f"{match.group(1)}{table}\n{match.group(5)}"
 
     path.write_text(_BLOCK.sub(sub, text))
     return count

@@ -38,3 +38,16 @@ def test_ssim_behaviour(rng):
 def test_shape_mismatch():
     with pytest.raises(ShapeMismatchError):
         snr_db(np.ones((4, 4)), np.ones((4, 5)))
+
+
+def test_sharpness_is_one_for_the_reference_and_below_for_a_blur():
+    from scipy import ndimage
+
+    from recon_plugin.metrics import sharpness
+
+    rng = np.random.default_rng(3)
+    img = ndimage.gaussian_filter(rng.random((64, 64)), 1.0) + (np.add.outer(np.arange(64), np.arange(64)) > 64)
+    assert sharpness(img, img) == pytest.approx(1.0)
+    assert sharpness(img, ndimage.gaussian_filter(img, 2.0)) < 0.8
+    assert sharpness(img, img + 0.2 * rng.standard_normal(img.shape)) > 1.2
+    assert np.isnan(sharpness(np.ones((8, 8)), np.ones((8, 8))))
