@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import platform
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -86,6 +88,7 @@ def main() -> None:
     parser.add_argument("--bf16", choices=("auto", "on", "off"), default="auto")
     parser.add_argument("--stages", default=",".join(STAGES))
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--markdown", type=Path, help="put the table into this file's training-throughput block")
     args = parser.parse_args()
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     bad = [s for s in stages if s not in STAGES]
@@ -104,6 +107,47 @@ def main() -> None:
             )
     if args.json:
         args.json.write_text(json.dumps({"config": str(args.config), "rows": rows}, indent=2) + "\n")
+    if args.markdown:
+        fill_markdown(args.markdown, markdown_table(rows, args))
+
+
+def markdown_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
+    """The stages as a Markdown table, with what was run and on which CPU."""
+    first = rows[0]["examples_per_hour"]
+    lines = [
+        f"`python benchmarks/training_throughput.py --config {args.config} --steps {args.steps} --warmup "
+        f"{args.warmup} --reuse {args.reuse} --bank-batches {args.bank_batches}` on {cpu_name()} "
+        f"({rows[0]['threads']} torch threads, bf16 {'on' if rows[0]['bf16'] else 'off'}):",
+        "",
+        "| stage | s/step | examples/h | vs inline |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['stage']} | {r['seconds_per_step']:.2f} | {r['examples_per_hour']:.0f} | "
+        f"{r['examples_per_hour'] / first:.2f}x |"
+        for r in rows
+    ]
+    return "\n".join(lines)
+
+
+def cpu_name() -> str:
+    """The CPU model (from /proc/cpuinfo on Linux), else the platform's processor string."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "this CPU"
+
+
+def fill_markdown(path: Path, table: str) -> None:
+    """Replace the ``<!-- training-throughput -->`` ... ``<!-- /training-throughput -->`` block of ``path``."""
+    text = path.read_text()
+    block = re.compile(r"(<!-- training-throughput -->\n).*?(<!-- /training-throughput -->)", re.S)
+    if not block.search(text):
+        raise SystemExit(f"{path} has no <!-- training-throughput --> block")
+    path.write_text(block.sub(lambda m: f"{m.group(1)}{table}\n{m.group(2)}", text))
 
 
 if __name__ == "__main__":
