@@ -93,6 +93,7 @@ def test_mismatched_architecture_is_refused(bundle_dir):
         ({"model": {"features": "8"}}, "features must be a int"),
         ({"model": {"shared": 1}}, "shared must be a bool"),
         ({"parameters": 12345}, "records 12345 parameters"),
+        ({"architecture": "UNet3D"}, "holds a 'UNet3D' model"),
     ],
 )
 def test_sidecar_is_checked_field_by_field(bundle_dir, change, message):

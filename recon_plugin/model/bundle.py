@@ -30,6 +30,8 @@ FORMAT_VERSION = 1
 SIDECAR = "bundle.json"
 WEIGHTS = "weights.safetensors"
 DEFAULT_NORMALISATION = {"kind": "percentile", "percentile": 99.0}
+#: The one network a bundle may hold (the sidecar's ``architecture``; a bundle without the field is taken as it).
+ARCHITECTURE = "RecurrentProximalNet"
 _REQUIRED = (
     "format",
     "format_version",
@@ -97,7 +99,7 @@ def save_bundle(
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "name": name or folder.name,
-        "architecture": "RecurrentProximalNet",
+        "architecture": ARCHITECTURE,
         "model": model.config.to_dict(),
         "normalisation": normalisation or dict(DEFAULT_NORMALISATION),
         "mask": mask,
@@ -147,6 +149,10 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
         raise BundleIntegrityError(
             f"{weights} has sha256 {digest[:12]}... but the sidecar records "
             f"{str(sidecar['weights_sha256'])[:12]}...; the weights were altered or truncated"
+        )
+    if sidecar.get("architecture", ARCHITECTURE) != ARCHITECTURE:
+        raise BundleMismatchError(
+            f"{folder} holds a {sidecar['architecture']!r} model; this plugin runs {ARCHITECTURE} bundles"
         )
     described = sidecar["model"]
     if not isinstance(described, dict):
