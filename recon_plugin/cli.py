@@ -107,7 +107,9 @@ def demo(
 @app.command()
 def replay(
     input_h5: Annotated[Path, typer.Argument(help="ISMRMRD raw data file")],
-    protocol: Annotated[Path, typer.Option(help="Gadgetron protocol XML (see protocols/)")],
+    protocol: Annotated[
+        Path, typer.Option(help="Gadgetron protocol XML, or a packaged protocol's name (recon-plugin protocols list)")
+    ],
     out: Annotated[Path, typer.Option(help="output ISMRMRD image file (.h5)")],
     png: Annotated[Path | None, typer.Option(help="folder for PNG previews and comparison.png")] = None,
     dicom: Annotated[Path | None, typer.Option(help="folder for one DICOM series per method")] = None,
@@ -132,12 +134,13 @@ def replay(
 ) -> None:
     """Replay an ISMRMRD file through a protocol's gadgets, exactly as Gadgetron runs them."""
     from .preview import series_comparison
+    from .protocols_cli import resolve_protocol
     from .replay import format_summary, format_timings, partial_path, read_images, replay_file, summary_json
 
     try:
         summary = replay_file(
             input_h5,
-            protocol,
+            resolve_protocol(protocol),
             out,
             png_dir=png,
             timeout=timeout,

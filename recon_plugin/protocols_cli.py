@@ -68,6 +68,27 @@ def packaged_protocols(folder: Path = PROTOCOLS_DIR) -> list[PackagedProtocol]:
     return [PackagedProtocol(p.stem, p, *_describe(p)) for p in sorted(Path(folder).glob("*.xml"))]
 
 
+def resolve_protocol(spec: str | Path, folder: Path = PROTOCOLS_DIR) -> Path:
+    """A protocol file: ``spec`` itself when it is a file, else the packaged protocol of that name (``side_by_side``
+    or ``side_by_side.xml``). Neither is a ProtocolError that lists the packaged names (with did-you-mean)."""
+    import difflib
+
+    from .errors import ProtocolError
+
+    path = Path(spec)
+    if path.is_file():
+        return path
+    name = path.name.removesuffix(".xml")
+    packaged = {p.name: p.path for p in packaged_protocols(folder)}
+    if str(path.parent) in ("", ".") and name in packaged:
+        return packaged[name]
+    close = difflib.get_close_matches(name, list(packaged), n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    raise ProtocolError(
+        f"no protocol file {spec} and no packaged protocol of that name{hint}; packaged: {', '.join(packaged)}"
+    )
+
+
 def install_protocols(dest: Path, *, force: bool = False, folder: Path = PROTOCOLS_DIR) -> list[tuple[str, Path]]:
     """Copy the protocols of ``folder`` into the existing folder ``dest``; returns (action, target) per file,
     action ``installed``, ``unchanged`` (identical already) or ``replaced`` (differed; only with ``force``).
