@@ -65,7 +65,7 @@ def bench(
         )
     except ReconError as exc:
         console.print(f"[bold red]{type(exc).__name__}[/]: {exc}")
-        raise typer.Exit(1) from exc
+        raise typer.Exit(2) from exc
     head, rows = table_rows(report)
     table = Table(title=f"bench: {report.settings['model']} on {report.hardware['device']}")
     for name in head:

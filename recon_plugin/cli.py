@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.table import Table
@@ -20,9 +20,14 @@ console = make_console()
 app.callback()(root_callback("recon-plugin", "RGANCS MRI reconstruction plugin."))
 
 
-def _fail(exc: ReconError) -> None:
-    console.print(f"[bold red]{type(exc).__name__}[/]: {exc}")
-    raise typer.Exit(2)
+#: The exit-code rule of every command: 0 done, 2 a named error or an unusable path or file (one line that says
+#: what), 130 interrupted; anything else is a bug.
+USAGE_EXIT = 2
+
+
+def _fail(exc: ReconError | OSError, what: str = "") -> NoReturn:
+    console.print(f"[bold red]{type(exc).__name__}[/]: {what}{exc}")
+    raise typer.Exit(USAGE_EXIT) from exc
 
 
 @app.command()
@@ -154,16 +159,14 @@ def replay(
             console.print(f"{len(failed)} images from the branches that worked are in {partial_path(out)}")
         _fail(exc)
     except OSError as exc:
-        console.print(f"[bold red]OSError[/]: {exc}")
-        raise typer.Exit(1) from exc
+        _fail(exc)
     console.print(format_summary(summary))
     if json_out is not None:
         try:
             json_out.parent.mkdir(parents=True, exist_ok=True)
             json_out.write_text(json.dumps(summary_json(summary), indent=2) + "\n")
         except OSError as exc:
-            console.print(f"[bold red]{type(exc).__name__}[/]: cannot write {json_out}: {exc}")
-            raise typer.Exit(1) from exc
+            _fail(exc, f"cannot write {json_out}: ")
         console.print(f"wrote {json_out}")
     if timings:
         console.print(format_timings(summary.timings, title=f"timings of {summary.input.name} (seconds)"))
@@ -211,8 +214,7 @@ def export(
     except ReconError as exc:
         _fail(exc)
     except OSError as exc:
-        console.print(f"[bold red]{type(exc).__name__}[/]: {exc}")
-        raise typer.Exit(1) from exc
+        _fail(exc)
     for series, files in sorted(written.items()):
         console.print(f"series {series}: {len(files)} DICOM files in {files[0].parent}")
 
@@ -276,8 +278,7 @@ def serve(
     except KeyboardInterrupt:
         console.print("stopped")
     except OSError as exc:
-        console.print(f"[bold red]{type(exc).__name__}[/]: cannot serve on {host}:{port}: {exc}")
-        raise typer.Exit(1) from exc
+        _fail(exc, f"cannot serve on {host}:{port}: ")
 
 
 @app.command("bundle-info")
