@@ -52,7 +52,10 @@ def mask(
         result = make_mask(family, shape, acceleration, seed=seed, **kwargs)
     except ReconError as exc:
         _fail(exc)
-    paths = write_mask_files(result, out)
+    try:
+        paths = write_mask_files(result, out)
+    except OSError as exc:
+        _fail(exc, f"cannot write the mask files {out}.*: ")
     console.print(
         f"{family} mask {shape[0]}x{shape[1]}: {int(result.mask.sum())} of {result.mask.size} points, "
         f"acceleration {result.acceleration:.3f} (asked {acceleration:g})"

@@ -45,3 +45,15 @@ def test_disk_full_during_export_exits_2(images: Path, tmp_path: Path, monkeypat
     monkeypatch.setattr(dicom_export, "export_file", full)
     res = CliRunner().invoke(app, ["export", str(images), "--dicom", str(tmp_path / "d")])
     assert res.exit_code == 2 and "No space left" in res.output
+
+
+def test_unknown_device_is_named_not_a_traceback() -> None:
+    res = CliRunner().invoke(app, ["bench", "--quick", "--device", "tpu", "--no-bart", "--no-cold"])
+    assert res.exit_code == 2 and "DeviceError: unsupported device 'tpu'" in res.output
+    assert "Traceback" not in res.output and "privateuseone" not in res.output
+
+
+def test_mask_into_an_unwritable_place_is_one_line() -> None:
+    res = CliRunner().invoke(app, ["mask", "--out", "/proc/no_such_place/m"])
+    assert res.exit_code == 2 and "cannot write the mask files" in res.output
+    assert "Traceback" not in res.output

@@ -40,7 +40,13 @@ def resolve_device(requested: str | torch.device | None = None) -> torch.device:
     """'auto'/None picks CUDA when present, else CPU; an unavailable explicit device is an error."""
     if requested is None or str(requested) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(requested)
+    if isinstance(requested, torch.device):
+        device = requested
+    else:
+        try:
+            device = torch.device(str(requested))
+        except RuntimeError:  # torch's own parse error lists every backend it knows; name ours instead
+            raise DeviceError(f"unsupported device {requested!r}; use 'cpu', 'cuda', 'cuda:N' or 'auto'") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise DeviceError(f"device {requested!r} was asked for but no CUDA GPU is reachable; use 'cpu' or 'auto'")
     if device.type not in ("cpu", "cuda"):
