@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from xml.sax.saxutils import quoteattr
@@ -445,6 +446,23 @@ def test_gadget_failures_are_named_errors(
     with pytest.raises(GadgetFailedError, match=needle):
         replay_file(path, protocol, out, timeout=10, progress=False, extra_pythonpath=EXTRA)
     assert not out.exists()
+
+
+def test_gadget_traceback_only_when_verbose(
+    raw_file: tuple[Path, list[ismrmrd.Acquisition]], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The named error ends with the traceback's last line; the whole gadget output needs -v (INFO logging)."""
+    path, _ = raw_file
+    protocol = write_protocol(tmp_path, external("silent_crash"))
+    caplog.set_level(logging.WARNING, logger="recon_plugin.replay.external")
+    with pytest.raises(GadgetFailedError) as quiet:
+        replay_file(path, protocol, tmp_path / "a.h5", timeout=10, progress=False, extra_pythonpath=EXTRA)
+    assert "RuntimeError: silent crash" in str(quiet.value) and "Traceback" not in str(quiet.value)
+    assert "-v shows the gadget's output" in str(quiet.value)
+    caplog.set_level(logging.INFO, logger="recon_plugin.replay.external")
+    with pytest.raises(GadgetFailedError) as verbose:
+        replay_file(path, protocol, tmp_path / "b.h5", timeout=10, progress=False, extra_pythonpath=EXTRA)
+    assert "Traceback" in str(verbose.value)
 
 
 def test_start_failures(tmp_path: Path, rng: np.random.Generator) -> None:

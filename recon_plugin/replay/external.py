@@ -534,7 +534,13 @@ def _tail(log: IO[bytes], max_lines: int = 30, max_bytes: int = 64 * 1024) -> st
 
 
 def _with_tail(message: str, tail: str) -> str:
-    return f"{message}\n--- gadget output (last lines) ---\n{tail}" if tail else message
+    """The message, with the gadget's last output lines only when logging is verbose (``-v``): the named error
+    already ends with the traceback's last line."""
+    if not tail:
+        return message
+    if logger.isEnabledFor(logging.INFO):
+        return f"{message}\n--- gadget output (last lines) ---\n{tail}"
+    return f"{message} (-v shows the gadget's output)"
 
 
 def _exception_line(tail: str) -> str:
