@@ -30,7 +30,8 @@ def plot(folder: Path) -> Path:
         if points:
             b.plot(*zip(*points, strict=True), marker="o", label=label)
     b.set(xlabel="step", ylabel="mean SNR dB", title="validation")
-    b.legend()
+    if b.get_legend_handles_labels()[0]:
+        b.legend()
     fig.tight_layout()
     out = folder / "curve.png"
     fig.savefig(out, dpi=90)
