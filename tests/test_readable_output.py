@@ -193,3 +193,12 @@ def test_typo_in_a_reader_is_a_did_you_mean(tmp_path):
     with pytest.raises(ProtocolError, match="C\\+\\+ runtime") as info:
         load_protocol(real)
     assert "did you mean" not in str(info.value)
+
+
+def test_readme_says_the_weights_terms_where_users_install() -> None:
+    """The wheel ships SIAT-derived weights: the README's licence section says so and names the exception."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Data and licences", 1)[1]
+    assert "non-commercial" in section and "MODEL_CARD.md" in section and "rgancs_demo_cpu" in section
