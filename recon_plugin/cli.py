@@ -143,9 +143,19 @@ def replay(
     """Replay an ISMRMRD file through a protocol's gadgets, exactly as Gadgetron runs them."""
     from .preview import series_comparison
     from .protocols_cli import resolve_protocol
-    from .replay import format_summary, format_timings, partial_path, read_images, replay_file, summary_json
+    from .replay import (
+        check_output_folder,
+        format_summary,
+        format_timings,
+        partial_path,
+        read_images,
+        replay_file,
+        summary_json,
+    )
 
     try:
+        if dicom is not None:
+            check_output_folder(dicom, "--dicom")
         summary = replay_file(
             input_h5,
             resolve_protocol(protocol),

@@ -57,3 +57,16 @@ def test_mask_into_an_unwritable_place_is_one_line() -> None:
     res = CliRunner().invoke(app, ["mask", "--out", "/proc/no_such_place/m"])
     assert res.exit_code == 2 and "cannot write the mask files" in res.output
     assert "Traceback" not in res.output
+
+
+@pytest.mark.parametrize("option", ["--png", "--dicom"])
+def test_replay_checks_its_output_folders_before_any_gadget(tmp_path: Path, option: str) -> None:
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    out = tmp_path / "o.h5"
+    for where in (a_file, Path("/proc/no_such_place/x")):
+        res = CliRunner().invoke(
+            app, ["replay", str(RAW), "--protocol", "zero_filled_retro5x", "--out", str(out), option, str(where)]
+        )
+        assert res.exit_code == 2 and "OutputPathError" in res.output and option in res.output
+        assert not out.exists() and "series" not in res.output  # refused before the gadgets ran

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from ..errors import GadgetFailedError, OutputPathError, ProtocolError, ReconError
 from ..images import SNR_META, SSIM_META
-from .dataset import RawData, check_output_path, read_images, read_raw, write_images, write_pngs
+from .dataset import RawData, check_output_folder, check_output_path, read_images, read_raw, write_images, write_pngs
 from .external import DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT, ExternalRun, Message, attach_results, run_external
 from .protocol import ExternalStep, ParallelStep, Protocol, Step, load_protocol
 from .signals import ReplayTerminated, stop_children_on_signals
@@ -61,6 +61,7 @@ __all__ = [
     "SeriesSummary",
     "Step",
     "StreamRun",
+    "check_output_folder",
     "check_output_path",
     "format_summary",
     "format_timings",
@@ -160,6 +161,8 @@ def replay_file(
     if output_h5.exists() and input_h5.exists() and os.path.samefile(input_h5, output_h5):
         raise OutputPathError(f"the output {output_h5} is the input file: choose another name for the images")
     check_output_path(output_h5, overwrite=overwrite)
+    if png_dir is not None:
+        check_output_folder(png_dir, "--png")
     protocol = protocol_xml if isinstance(protocol_xml, Protocol) else load_protocol(protocol_xml)
     _check_replayable(protocol)
     raw = read_raw(input_h5)
@@ -220,7 +223,11 @@ def replay_file(
 
     by_series = _group_by_series([image for _, _, image in labelled])
     write_images(output_h5, by_series, raw.header_xml)
-    pngs = write_pngs(png_dir, by_series) if png_dir is not None else []
+    try:
+        pngs = write_pngs(png_dir, by_series) if png_dir is not None else []
+    except OSError as exc:  # the replay fails as a whole: no OUT without its PNGs
+        output_h5.unlink(missing_ok=True)
+        raise OutputPathError(f"--png {png_dir}: cannot write the previews ({exc}); {output_h5} was not kept") from exc
     return ReplaySummary(
         input=input_h5,
         protocol=protocol.path,

@@ -180,6 +180,28 @@ def check_output_path(path: str | Path, *, overwrite: bool = False) -> Path:
     return path
 
 
+def check_output_folder(path: str | Path, option: str = "--png") -> Path:
+    """Check before any work that the folder ``path`` (``option`` names it in errors) exists or can be created, and
+    can be written: a file there, or a missing or read-only parent, is an OutputPathError."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputPathError(f"{option} {path} is a file: give a folder for the output files")
+    existing = path
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputPathError(f"{option} {path}: {existing} is not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".probe.", suffix=".tmp", dir=existing)
+    except OSError as exc:
+        raise OutputPathError(f"{option} {path}: {existing} is not writable ({exc.strerror or exc})") from exc
+    os.close(fd)
+    os.unlink(probe)
+    return path
+
+
 def write_images(
     path: str | Path,
     images_by_series: Mapping[int, Sequence[ismrmrd.Image]],
