@@ -17,7 +17,7 @@ Sets (all with the same masks and ESPIRiT maps for every method; mask seeds from
 * ``size{96,128x192,384}``: the same slices centre-cropped to 96x96 or 128x192, or Fourier-interpolated to
   384x384, with 8 simulated coils (written once under ``--cache``).
 
-Method groups: ``baselines`` (zero-filled, CS-WV, CS-TV), ``default`` (RGANCS as the gadgets load it, routed by
+Method groups: ``baselines`` (zero-filled, CS-WV, CS-TV; CS-WV alone in the coil and size sweeps), ``default`` (RGANCS as the gadgets load it, routed by
 coil count) and one group per ``--bundle NAME=PATH``. A JSON that exists is kept (delete it to rerun).
 """
 
@@ -131,8 +131,9 @@ def main() -> None:
             out = args.out / f"{name}.{group}.json"
             if out.is_file():
                 continue
-            if group == "baselines":
-                extra = ["--methods", "zero_filled,cs_wavelet,cs_tv"]
+            if group == "baselines":  # the coil and size sweeps compare with CS-WV only (the target baseline)
+                sweep = name.startswith(("coils", "size"))
+                extra = ["--methods", "zero_filled,cs_wavelet" if sweep else "zero_filled,cs_wavelet,cs_tv"]
             elif group == "default":
                 extra = ["--methods", "rgancs"]
             else:
