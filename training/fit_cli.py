@@ -28,7 +28,11 @@ def fit(
     ] = None,
     minutes: Annotated[
         float | None,
-        typer.Option(min=0.1, help="end this chunk after the first step past MINUTES (checkpoint and bundle written)"),
+        typer.Option(
+            min=0.0,
+            help="start no step after MINUTES; validation, checkpoint and bundle written (0: only those, e.g. of "
+            "a resumed checkpoint)",
+        ),
     ] = None,
 ) -> None:
     """Train an RGANCS bundle from a TOML configuration (GAN optional); Ctrl-C saves a checkpoint."""
