@@ -67,3 +67,15 @@ def test_bad_single_coil_weights_fail_when_the_gadget_starts(tmp_path: Path) -> 
         build_reconstructor(settings)
     with pytest.raises(ProtocolError, match="single_coil_weights"):
         GadgetSettings.from_properties("rgancs", {"single_coil_weight": "x"})
+
+
+def test_eval_default_is_routed_and_records_both_bundles(tmp_path: Path) -> None:
+    from conftest import ellipse_slices
+
+    from training.evaluate import run_eval
+
+    np.save(tmp_path / "img.npy", ellipse_slices(2, 32).astype(np.complex64))
+    report = run_eval(tmp_path / "img.npy", methods="rgancs", device="cpu", calib=8)
+    assert report.settings["single_coil_bundle"].endswith(DEFAULT_SINGLE_COIL_BUNDLE.name)
+    assert report.settings["bundle"].endswith(DEFAULT_BUNDLES["cpu"].name)
+    assert {r["method"] for r in report.rows} == {"rgancs"}

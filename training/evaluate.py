@@ -449,6 +449,9 @@ def run_eval(
     cases = build_cases(source.kind, selected, masks, n_coils)
     rows = compare(cases, reconstructors)
     rgancs = next((r for r in reconstructors if r.name == "rgancs"), None)
+    # the bundle(s) behind it: one, or (the gadgets' default) one per coil count
+    multi = getattr(rgancs, "multi", rgancs)
+    single = getattr(rgancs, "single", None)
     settings = {
         "data": str(Path(data).resolve()),
         "kind": source.kind,
@@ -464,7 +467,8 @@ def run_eval(
         "iterations": iterations,
         "methods": method_names,
         "device": device,
-        "bundle": str(rgancs.bundle.path.resolve()) if rgancs is not None else None,  # type: ignore[attr-defined]
-        "bundle_sha256": rgancs.bundle.sha256 if rgancs is not None else None,  # type: ignore[attr-defined]
+        "bundle": str(multi.bundle.path.resolve()) if multi is not None else None,
+        "bundle_sha256": multi.bundle.sha256 if multi is not None else None,
+        "single_coil_bundle": str(single.bundle.path.resolve()) if single is not None else None,
     }
     return EvalReport(rows, method_means(rows), settings)
