@@ -17,8 +17,9 @@ Sets (all with the same masks and ESPIRiT maps for every method; mask seeds from
 * ``size{96,128x192,384}``: the same slices centre-cropped to 96x96 or 128x192, or Fourier-interpolated to
   384x384, with 8 simulated coils (written once under ``--cache``).
 
-Method groups: ``baselines`` (zero-filled, CS-WV, CS-TV; CS-WV alone in the coil and size sweeps), ``default`` (RGANCS as the gadgets load it, routed by
-coil count) and one group per ``--bundle NAME=PATH``. A JSON that exists is kept (delete it to rerun).
+Method groups: ``baselines`` (zero-filled, CS-WV, CS-TV; CS-WV alone in the coil and size sweeps), ``default``
+(RGANCS as the gadgets load it, routed by coil count) and one group per ``--bundle NAME=PATH``. A JSON that exists
+is kept (delete it to rerun).
 """
 
 from __future__ import annotations

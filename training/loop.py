@@ -470,9 +470,9 @@ class Trainer:
 
         ``max_seconds`` ends this call (a chunk of a longer campaign) before the first step that would start
         after that much wall time (0: no step, e.g. to write the bundle of a resumed checkpoint): validation, a
-        checkpoint and the bundle are written as at the end, and a later ``fit(resume=...)`` continues exactly. Returns the final validation metrics. On Ctrl-C or a
-        KeyboardInterrupt from a callback, writes a checkpoint of the last completed step and re-raises
-        KeyboardInterrupt.
+        checkpoint and the bundle are written as at the end, and a later ``fit(resume=...)`` continues exactly.
+        Returns the final validation metrics. On Ctrl-C or a KeyboardInterrupt from a callback, writes a
+        checkpoint of the last completed step and re-raises KeyboardInterrupt.
         """
         try:
             return self._fit(resume, max_seconds)
