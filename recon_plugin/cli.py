@@ -109,6 +109,7 @@ def demo(
             out=out / "brain3d_side_by_side.h5",
             png=out / "brain3d_png",
             overwrite=True,  # like the demo's other outputs in OUT
+            json_out=out / "brain3d_side_by_side.json",
         )
 
 
