@@ -45,28 +45,31 @@ def main() -> None:
     parser.add_argument("--terms", default=TERMS)
     parser.add_argument("--eval", type=Path, default=Path("docs/eval"))
     parser.add_argument("--weights-dir", type=Path, default=Path("sample_data/weights"))
+    parser.add_argument("--card-only", action="store_true", help="rewrite the shipped bundle's MODEL_CARD.md only")
     args = parser.parse_args()
     out = args.weights_dir / args.name
-    if out.exists():
-        shutil.rmtree(out)
-    shutil.copytree(args.bundle, out, ignore=shutil.ignore_patterns("MODEL_CARD.md"))
-    side_path = out / "bundle.json"
-    side = json.loads(side_path.read_text())
-    side["name"] = args.name
-    if args.cg_iterations:
-        side["model"]["cg_iterations"] = args.cg_iterations  # a solver setting: no weights of its own
-    side_path.write_text(json.dumps(side, indent=2) + "\n")
+    if not args.card_only:
+        if out.exists():
+            shutil.rmtree(out)
+        shutil.copytree(args.bundle, out, ignore=shutil.ignore_patterns("MODEL_CARD.md"))
+        side_path = out / "bundle.json"
+        side = json.loads(side_path.read_text())
+        side["name"] = args.name
+        if args.cg_iterations:
+            side["model"]["cg_iterations"] = args.cg_iterations  # a solver setting: no weights of its own
+        side_path.write_text(json.dumps(side, indent=2) + "\n")
     load_bundle(out)  # verifies hash, architecture and parameter count
     notes = args.notes.read_text() if args.notes else ""
     curve = args.bundle.parent / "curve.png"
     if curve.is_file():
-        shutil.copy(curve, out / "training_curve.png")
+        if not args.card_only:
+            shutil.copy(curve, out / "training_curve.png")
         notes += (
             f"\n\nTraining curves (loss, simulated and real-data validation): `training_curve.png`, from the "
             f"campaign `{args.bundle.parent.name}` (its `log.csv` has every row)."
         )
-    if args.group:
-        columns = [(args.group, args.label)]
+    if args.group:  # GROUP, or GROUP=LABEL,GROUP=LABEL for several columns
+        columns = [tuple(g.split("=", 1)) if "=" in g else (g, args.label) for g in args.group.split(",")]
         tables = "\n\n".join(f"### {t}\n\n{render(t, args.eval, columns)}" for t in TABLES)
         notes += (
             "\n\n## Evaluation (recon-train eval through scripts/eval_suite.py; SNR dB / SSIM means; same masks and "
