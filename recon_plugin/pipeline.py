@@ -224,6 +224,8 @@ def _retro_settings(props: dict[str, str]) -> RetroSettings | None:
 
 
 _RESIDENT: dict[tuple[str, str, int, str], Reconstructor] = {}
+#: Routed pairs of resident models, kept like them (one wrapper per pair).
+_ROUTED: dict[tuple[str, int, int], CoilRoutedRGANCS] = {}
 
 
 def default_weights(device: str = "auto") -> Path:
@@ -294,7 +296,11 @@ def build_reconstructor(settings: GadgetSettings) -> Reconstructor:
     single = settings.single_coil_weights
     if single is None or Path(single).resolve() == Path(settings.weights).resolve():
         return multi
-    return CoilRoutedRGANCS(multi=multi, single=_resident_rgancs(settings, single))
+    routed = _resident_rgancs(settings, single)
+    key = ("routed", id(multi), id(routed))
+    if key not in _ROUTED:
+        _ROUTED[key] = CoilRoutedRGANCS(multi=multi, single=routed)
+    return _ROUTED[key]
 
 
 def _resident_rgancs(settings: GadgetSettings, weights: Path) -> RGANCS:

@@ -7,8 +7,11 @@ to ``multi``. Results come back in the order of the problems; their meta names t
 
 from __future__ import annotations
 
+import torch
+
 from ..problem import Problem
 from .base import Reconstructor, Result
+from .fast_paths import FastPath
 from .rgancs import RGANCS
 
 
@@ -20,6 +23,16 @@ class CoilRoutedRGANCS(Reconstructor):
     def __init__(self, multi: RGANCS, single: RGANCS) -> None:
         self.multi = multi
         self.single = single
+
+    @property
+    def fast_path(self) -> FastPath:
+        """The inference path (both models are built with the same gadget settings)."""
+        return self.multi.fast_path
+
+    @property
+    def device(self) -> torch.device:
+        """Where both models run."""
+        return self.multi.device
 
     def route(self, problem: Problem) -> RGANCS:
         """The reconstructor that gets ``problem``."""
