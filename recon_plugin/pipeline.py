@@ -225,7 +225,7 @@ def _retro_settings(props: dict[str, str]) -> RetroSettings | None:
 
 _RESIDENT: dict[tuple[str, str, int, str], Reconstructor] = {}
 #: Routed pairs of resident models, kept like them (one wrapper per pair).
-_ROUTED: dict[tuple[str, int, int], CoilRoutedRGANCS] = {}
+_ROUTED: dict[tuple[tuple[str, str, int, str], tuple[str, str, int, str]], CoilRoutedRGANCS] = {}
 
 
 def default_weights(device: str = "auto") -> Path:
@@ -296,15 +296,18 @@ def build_reconstructor(settings: GadgetSettings) -> Reconstructor:
     single = settings.single_coil_weights
     if single is None or Path(single).resolve() == Path(settings.weights).resolve():
         return multi
-    routed = _resident_rgancs(settings, single)
-    key = ("routed", id(multi), id(routed))
+    key = (_resident_key(settings, settings.weights), _resident_key(settings, single))
     if key not in _ROUTED:
-        _ROUTED[key] = CoilRoutedRGANCS(multi=multi, single=routed)
+        _ROUTED[key] = CoilRoutedRGANCS(multi=multi, single=_resident_rgancs(settings, single))
     return _ROUTED[key]
 
 
+def _resident_key(settings: GadgetSettings, weights: Path) -> tuple[str, str, int, str]:
+    return (str(Path(weights).resolve()), settings.device, settings.batch_size, settings.fast_path)
+
+
 def _resident_rgancs(settings: GadgetSettings, weights: Path) -> RGANCS:
-    key = (str(Path(weights).resolve()), settings.device, settings.batch_size, settings.fast_path)
+    key = _resident_key(settings, weights)
     if key not in _RESIDENT:
         _RESIDENT[key] = RGANCS(
             weights, device=settings.device, batch_size=settings.batch_size, fast_path=settings.fast_path

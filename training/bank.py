@@ -50,7 +50,6 @@ class BankedBatch:
     maps: np.ndarray | None
     x: np.ndarray
     x0: np.ndarray | None
-    draws: list[dict[str, Any]]
 
     def to_batch(self) -> Batch:
         """The training Batch (tensors share the arrays' memory)."""
@@ -71,7 +70,6 @@ def simulate_batch(
         with torch.no_grad():
             x0 = batch.op.cg_sense(batch.y, init_iterations).numpy()
     maps = batch.op.maps
-    draws = list(getattr(sample.__self__, "last_draws", [])) if hasattr(sample, "__self__") else []
     return BankedBatch(
         batch_id=batch_id,
         y=batch.y.numpy(),
@@ -79,7 +77,6 @@ def simulate_batch(
         maps=None if maps is None else maps.expand(batch.y.shape[0], -1, -1, -1).contiguous().numpy(),
         x=batch.x.numpy(),
         x0=x0,
-        draws=draws,
     )
 
 

@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from recon_plugin.evaluation import Case, eval_mask, kspace_case
+from recon_plugin.errors import ReconError
+from recon_plugin.evaluation import Case, multicoil_cases
 from recon_plugin.metrics import snr_db, ssim
 from recon_plugin.reconstructors.base import batch_operator
 from recon_plugin.reconstructors.rgancs import robust_scale
 
 from .config import DataConfig
-from .datasets.base import UnreadableImageError
 from .errors import TrainingConfigError
 
 #: The real fully sampled brains of the shared data folder.
@@ -37,26 +37,20 @@ REAL_VAL_SEED = 1000
 
 
 def real_validation_cases(d: DataConfig) -> list[Case]:
-    """The cases of ``[data] real_val_path`` / ``real_val_names`` (every name x every mask of REAL_VAL_MASKS)."""
+    """The cases of ``[data] real_val_path`` / ``real_val_names`` (every name x every mask of REAL_VAL_MASKS), built
+    by :func:`recon_plugin.evaluation.multicoil_cases` as ``recon-train eval`` builds its real slices."""
     folder = Path(d.real_val_path)
-    if (folder / "multicoil_kspace").is_dir():
-        folder = folder / "multicoil_kspace"
-    names = list(d.real_val_names or REAL_BRAINS)
+    root = folder.parent if folder.name == "multicoil_kspace" else folder
+    names = tuple(d.real_val_names or REAL_BRAINS)
     cases = []
-    for i, name in enumerate(names):
-        path = folder / f"{name}_kspace.npy"
+    for family, acc, calib in REAL_VAL_MASKS:
         try:
-            full = np.load(path, allow_pickle=False).astype(np.complex64)
-        except (OSError, ValueError) as exc:
-            raise TrainingConfigError(f"[data].real_val_names: cannot read {path} ({type(exc).__name__})") from exc
-        if full.ndim != 3:
-            raise TrainingConfigError(f"[data].real_val_names: {path} is not [coils, ny, nx] k-space")
-        for family, acc, calib in REAL_VAL_MASKS:
-            mask = eval_mask(family, full.shape[1:], acc, REAL_VAL_SEED + i, calib).mask
-            try:
-                cases.append(kspace_case(f"{name}/{family}{acc:g}", full, mask, calib_width=calib))
-            except UnreadableImageError as exc:  # pragma: no cover - named errors of the case builder
-                raise TrainingConfigError(f"[data].real_val_names: {exc}") from exc
+            found = multicoil_cases(root, names, acceleration=acc, seed=REAL_VAL_SEED, calib=calib, family=family)
+        except (OSError, ValueError, ReconError) as exc:
+            raise TrainingConfigError(f"[data].real_val_path: {root}: {type(exc).__name__}: {exc}") from exc
+        for case in found:
+            case.name = f"{case.name}/{family}{acc:g}"
+        cases += found
     return cases
 
 
