@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
+import math
 import os
 import platform
 import resource
@@ -29,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import BartNotFoundError, InvalidInputError, ReconError
+from .errors import BartFailedError, BartNotFoundError, InvalidInputError, ReconError
 from .masks import make_mask
 from .metrics import snr_db
 from .model import ModelConfig, load_bundle
@@ -39,6 +40,9 @@ from .reconstructors.base import resolve_device
 from .reconstructors.fast_paths import SNR_TOLERANCE_DB, FastPath, cpu_has_native_bf16, default_fast_path
 from .sample_data import load_colin_slices
 from .simulate import simulate_problem, simulated_coil_maps, with_smooth_phase
+
+#: Seconds one BART slice may take in the benchmark (``bench --bart-time-limit``).
+DEFAULT_BART_TIME_LIMIT = 60.0
 
 #: Dense bf16 tensor-core peak (FLOP/s) by GPU name fragment, for the roofline estimate.
 GPU_BF16_PEAK = {"H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12}
@@ -97,6 +101,8 @@ class BenchReport:
     cold_start: dict[str, float] = field(default_factory=dict)
     roofline: dict[str, Any] = field(default_factory=dict)
     ratios: dict[str, float] = field(default_factory=dict)
+    #: Named errors that cut a measurement short (e.g. a BART slice over ``bart_time_limit``); the rest stands.
+    failures: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         """Plain data for ``json.dump``."""
@@ -107,6 +113,7 @@ class BenchReport:
             "cold_start_s": self.cold_start,
             "roofline": self.roofline,
             "ratios": self.ratios,
+            "failures": self.failures,
         }
 
 
@@ -218,15 +225,18 @@ def bench_zero_filled(case: Case, problems: list[Problem], repeats: int) -> Row:
     return row
 
 
-def bench_bart(case: Case, problems: list[Problem], regulariser: str, throughput: bool) -> Row:
+def bench_bart(
+    case: Case, problems: list[Problem], regulariser: str, throughput: bool, time_limit: float = DEFAULT_BART_TIME_LIMIT
+) -> Row:
     """BART ``pics`` (tuned lambda, 300 iterations): latency one slice at a time with as many OpenMP threads as
-    torch has (the same cores as RGANCS's latency); throughput one single-threaded process per core."""
+    torch has (the same cores as RGANCS's latency); throughput one single-threaded process per core. Each slice
+    may take ``time_limit`` seconds (BartTimeoutError beyond)."""
     from .reconstructors.bart_cs import BartCS
 
     method = "cs_wavelet" if regulariser == "wavelet" else "cs_tv"
     threads = torch.get_num_threads()
     row = Row(case=case.name, method=method, path=f"bart ({threads} thread{'s' if threads > 1 else ''})")
-    single = BartCS(regulariser, workers=1, threads=threads)  # type: ignore[arg-type]
+    single = BartCS(regulariser, workers=1, threads=threads, time_limit=time_limit)  # type: ignore[arg-type]
     times, images = [], []
     for p in problems:
         start = time.perf_counter()
@@ -237,7 +247,7 @@ def bench_bart(case: Case, problems: list[Problem], regulariser: str, throughput
     if throughput and len(problems) > 1:
         workers = os.cpu_count() or 1
         start = time.perf_counter()
-        BartCS(regulariser, workers=workers).reconstruct_batch(problems)  # type: ignore[arg-type]
+        BartCS(regulariser, workers=workers, time_limit=time_limit).reconstruct_batch(problems)  # type: ignore[arg-type]
         row.throughput[len(problems)] = len(problems) / (time.perf_counter() - start)
         row.note = f"{workers} BART processes"
     row.snr_db = statistics.fmean(_snr(problems, images))
@@ -354,9 +364,15 @@ def run_bench(
     repeats: int | None = None,
     bart: bool = True,
     cold: bool = True,
+    bart_time_limit: float = DEFAULT_BART_TIME_LIMIT,
     progress: Callable[[str], None] = lambda _: None,
 ) -> BenchReport:
-    """Run the benchmark; ``quick`` is the CI mode (one case, few batches and repeats, one BART slice)."""
+    """Run the benchmark; ``quick`` is the CI mode (one case, few batches and repeats, one BART slice).
+
+    A BART failure (a slice over ``bart_time_limit`` seconds, a crash) does not lose the run: its row carries
+    the error, ``report.failures`` names it, and the other measurements go on."""
+    if not (math.isfinite(bart_time_limit) and bart_time_limit > 0):
+        raise InvalidInputError(f"bart_time_limit must be a finite number of seconds > 0, got {bart_time_limit!r}")
     dev = resolve_device(device)
     cases = tuple(cases or (QUICK_CASES if quick else FULL_CASES))
     batches = tuple(batches or (QUICK_BATCHES if quick else FULL_BATCHES))
@@ -399,9 +415,15 @@ def run_bench(
             for regulariser in ("wavelet", "tv"):
                 progress(f"{case.name}: BART {regulariser}")
                 try:
-                    report.rows.append(bench_bart(case, problems[: 1 if quick else 4], regulariser, not quick))
+                    report.rows.append(
+                        bench_bart(case, problems[: 1 if quick else 4], regulariser, not quick, bart_time_limit)
+                    )
                 except BartNotFoundError as exc:
                     report.rows.append(Row(case=case.name, method=f"cs_{regulariser}", note=str(exc)))
+                except BartFailedError as exc:
+                    text = f"{type(exc).__name__}: {exc}"
+                    report.rows.append(Row(case=case.name, method=f"cs_{regulariser}", note=text))
+                    report.failures.append(f"{case.name} cs_{regulariser}: {text}")
         flops = flops_per_slice(model_config, case)
         report.roofline[case.name] = _roofline(flops, report.rows, case, dev)
     report.ratios = _ratios(report.rows, default_fast_path(dev).name)

@@ -1,18 +1,25 @@
-"""The ``recon-plugin bench`` command (registered by recon_plugin.cli)."""
+"""The ``recon-plugin bench`` command (registered by recon_plugin.cli).
+
+The benchmark module (torch) is imported when the command runs, so ``recon-plugin --help`` does not wait for it.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.table import Table
 
-from .bench import Case, markdown, run_bench, table_rows, write_json, write_markdown
+from .cli_options import positive_seconds
 from .console import make_console
 from .errors import ReconError
 
+if TYPE_CHECKING:
+    from .bench import Case
+
 console = make_console()
+#: Seconds one BART slice may take (as recon_plugin.bench.DEFAULT_BART_TIME_LIMIT, without importing torch here).
+BART_TIME_LIMIT = 60.0
 
 
 def _case(text: str) -> Case:
@@ -22,6 +29,8 @@ def _case(text: str) -> Case:
         raise typer.BadParameter(f"{text!r}: expected NYxNXxCOILS, e.g. 200x100x1") from None
     if min(ny, nx, coils) < 1:
         raise typer.BadParameter(f"{text!r}: sizes must be >= 1")
+    from .bench import Case
+
     return Case(ny, nx, coils)
 
 
@@ -43,8 +52,20 @@ def bench(
     cold: Annotated[bool, typer.Option(help="time a cold start in a fresh process")] = True,
     json_out: Annotated[Path | None, typer.Option("--json", help="write the figures as JSON")] = None,
     markdown_out: Annotated[Path | None, typer.Option("--markdown", help="update this Markdown file")] = None,
+    bart_time_limit: Annotated[
+        float,
+        typer.Option(
+            help="seconds one BART slice may take (raise it on a busy machine); over it, BART's row says so, "
+            "the other figures are printed, and the exit status is 2",
+            callback=positive_seconds,
+        ),
+    ] = BART_TIME_LIMIT,
 ) -> None:
     """Time zero-filled, RGANCS (fp32 and fast paths) and BART CS on the same slices and masks; print a table."""
+    from rich.table import Table
+
+    from .bench import markdown, run_bench, table_rows, write_json, write_markdown
+
     try:
         if bundle is None:
             from .pipeline import default_weights
@@ -61,6 +82,7 @@ def bench(
             repeats=repeats,
             bart=bart,
             cold=cold,
+            bart_time_limit=bart_time_limit,
             progress=lambda text: console.print(f"[dim]{text}[/]"),
         )
     except ReconError as exc:
@@ -79,3 +101,8 @@ def bench(
         console.print(f"wrote {write_json(report, json_out)}")
     if markdown_out:
         console.print(f"wrote {write_markdown(report, markdown_out)}")
+    if report.failures:
+        for failure in report.failures:
+            console.print(f"[bold red]{failure}[/]")
+        console.print(f"the figures above were measured; BART's did not finish (--bart-time-limit {bart_time_limit:g})")
+        raise typer.Exit(2)

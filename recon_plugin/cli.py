@@ -268,9 +268,18 @@ def serve(
             show_default="8G",
         ),
     ] = 8 * 2**30,
+    allow_module: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="a gadget module whose targets configurations may run besides recon_plugin.gadgets (repeatable); "
+            "any other module is refused with ProtocolError",
+            metavar="MODULE",
+        ),
+    ] = None,
 ) -> None:
     """Serve the ISMRMRD/MRD streaming protocol (as gadgetron_ismrmrd_client and scanner-side clients speak it),
-    running the same gadgets as the Gadgetron path."""
+    running the same gadgets as the Gadgetron path. Configurations may run only the project's gadget targets and
+    those of modules allowed with --allow-module."""
     from .mrd_server import DEFAULT_PROTOCOLS_DIR, ServerReady
     from .mrd_server import serve as run_server
 
@@ -288,6 +297,7 @@ def serve(
             max_exams=max_exams,
             max_exam_bytes=max_exam_bytes,
             ready=ready,
+            allowed_modules=allow_module or (),
         )
     except KeyboardInterrupt:
         console.print("stopped")

@@ -14,7 +14,7 @@ import logging
 import socket
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.markup import escape
@@ -22,7 +22,12 @@ from rich.markup import escape
 from .cli_options import CLIENT_PORT, positive_seconds
 from .console import make_console, one_line
 from .errors import ReconError
-from .mrd_client import DEFAULT_TIMEOUT, ClientResult, check_output_group, default_output_group, stream_file
+
+if TYPE_CHECKING:
+    from .mrd_client import ClientResult
+
+#: Seconds the server may stay silent (mrd_client.DEFAULT_TIMEOUT; h5py and ismrmrd load when the command runs).
+DEFAULT_TIMEOUT = 300.0
 
 console = make_console()
 errors = make_console(stderr=True, soft_wrap=True)
@@ -97,6 +102,8 @@ def client(
     write the images that come back to a new group of OUT, as gadgetron_ismrmrd_client and client.py do."""
     if (config is None) == (config_file is None):
         raise typer.BadParameter("give exactly one of --config NAME and --config-file PATH")
+    from .mrd_client import check_output_group, default_output_group, stream_file
+
     group = out_group if out_group is not None else default_output_group()
     report: dict[str, Any] = {
         "input": str(input_h5),

@@ -55,7 +55,7 @@ from pydicom.valuerep import DSfloat
 from . import __version__
 from .console import make_readable
 from .errors import InvalidInputError, IsmrmrdFormatError, NonFiniteDataError
-from .images import SERIES_INDEX
+from .gadget_settings import SERIES_INDEX
 from .kspace import parse_header
 from .replay.dataset import read_images
 

@@ -7,14 +7,11 @@ from typing import Any
 import ismrmrd
 import numpy as np
 
+from .gadget_settings import SERIES_INDEX as SERIES_INDEX  # re-exported: images carry these series numbers
+from .gadget_settings import SNR_META as SNR_META  # re-exported
+from .gadget_settings import SSIM_META as SSIM_META  # re-exported
 from .kspace import SliceGeometry
 from .reconstructors import Result
-
-#: Fixed image_series_index per method, so every exam's series line up across methods.
-SERIES_INDEX = {"zero_filled": 1, "rgancs": 2, "cs_wavelet": 3, "cs_tv": 4, "reference": 9}
-
-SNR_META = "SNR_dB"
-SSIM_META = "SSIM"
 
 #: Meta keys copied from a Result into the image attributes, with their ISMRMRD names.
 _META_KEYS = {

@@ -13,13 +13,12 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import ismrmrd
 import ismrmrd.xsd
 import numpy as np
 
-from .coils import sense_combine
 from .errors import (
     EncodingError,
     InvalidInputError,
@@ -27,9 +26,10 @@ from .errors import (
     NonFiniteDataError,
     ShapeMismatchError,
 )
-from .masks import make_mask
-from .physics import fftc, ifft2c, ifftc
-from .problem import Problem
+from .gadget_settings import RetroSettings
+
+if TYPE_CHECKING:  # numerics (torch) are imported where data are assembled: reading a header stays light
+    from .problem import Problem
 
 log = logging.getLogger(__name__)
 
@@ -141,17 +141,6 @@ class SliceGeometry:
     partition: int = -1  # readout position of a 3D plane, -1 for 2D
     acquisition_time_stamp: int = 0
     measurement_uid: int = 0
-
-
-@dataclass(frozen=True)
-class RetroSettings:
-    """Retrospective undersampling of fully sampled data (for evaluation against the reference)."""
-
-    acceleration: float = 5.0
-    family: str | None = None  # None: "radial" for 3D ky-kz planes, "lines" for 2D
-    seed: int = 0
-    calib: int = 12
-    mask_file: Path | None = None  # a boolean .npy mask [ny, nx] instead of a generated one
 
 
 @dataclass
@@ -342,6 +331,9 @@ class Assembler:
         return out
 
     def _problems_for(self, key: Key, buf: _Buffer, whiten: np.ndarray | None, defer: bool) -> list[Assembled]:
+        from .physics import fftc  # torch: imported when data are assembled, not when a header is read
+        from .problem import Problem
+
         sampled = buf.counts > 0
         data = buf.data / np.maximum(buf.counts, 1)[None, :, :, None]  # average repeated lines
         if whiten is not None:
@@ -373,6 +365,8 @@ class Assembler:
         return out
 
     def _retro_mask(self, sampled: np.ndarray, full: bool) -> tuple[np.ndarray, bool]:
+        from .masks import make_mask
+
         if self.retro is None:
             return sampled, False
         if not full:
@@ -423,6 +417,8 @@ class Assembler:
 
 def _remove_oversampling(data: np.ndarray, nx_recon: int) -> np.ndarray:
     """Inverse FFT along the readout (last axis) and keep the central ``nx_recon`` samples."""
+    from .physics import ifftc
+
     image = ifftc(data, axes=(-1,))
     start = image.shape[-1] // 2 - nx_recon // 2
     return np.ascontiguousarray(image[..., start : start + nx_recon])
@@ -430,6 +426,9 @@ def _remove_oversampling(data: np.ndarray, nx_recon: int) -> np.ndarray:
 
 def _reference(full_kspace: np.ndarray, problem: Problem) -> np.ndarray:
     """Fully sampled image, coil-combined with the same maps the reconstruction uses."""
+    from .coils import sense_combine
+    from .physics import ifft2c
+
     maps = problem.coil_maps()
     if maps is None:
         return ifft2c(full_kspace[0])

@@ -53,8 +53,11 @@ Limits (hostile or broken clients must not exhaust the server):
   until it is sent. Worst case: ``max_exams`` x branches x ``max_exam_bytes`` of queued data plus
   what the gadgets hold, and ``max_concurrent`` handshakes of at most 2 x 16 MiB.
 
-Security: a configuration *text* may name any importable Python module as a gadget, exactly as with
-Gadgetron. The server binds 127.0.0.1 unless another host is given explicitly.
+Security: a configuration (name or text) may run only the project's gadget targets
+(``recon_plugin.gadgets``: rgancs, zero_filled, cs_wavelet, cs_tv) and the targets of modules its operator
+allows (``allowed_modules``, ``serve --allow-module NAME``); every ``<execute>`` is checked, and the project's
+targets' properties parsed, before any gadget is imported or started (:mod:`recon_plugin.gadget_targets`).
+The server binds 127.0.0.1 unless another host is given explicitly.
 """
 
 from __future__ import annotations
@@ -73,7 +76,7 @@ import struct
 import threading
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -94,6 +97,7 @@ from .errors import (
     TooManyConnectionsError,
     UnknownConfigurationError,
 )
+from .gadget_targets import check_protocol
 from .kspace import MAX_MATRIX, parse_header
 from .replay.external import encode_message
 from .replay.protocol import ExternalStep, ParallelStep, Protocol, load_protocol
@@ -665,6 +669,7 @@ class _Session:
         try:
             self.inbound.start_handshake(self.server.handshake_timeout)
             protocol = self._read_configuration()
+            check_protocol(protocol, allowed_modules=self.server.allowed_modules)
             gadgets = [_Gadget(branch, load_target(branch.step)) for branch in plan_branches(protocol)]
             header_xml, header = self._read_header()
             self.inbound.end_handshake()
@@ -941,6 +946,7 @@ class MrdServer:
         max_exams: int = DEFAULT_MAX_EXAMS,
         max_exam_bytes: int = DEFAULT_MAX_EXAM_BYTES,
         max_connections: int | None = None,
+        allowed_modules: Collection[str] = (),
     ) -> None:
         for name, value in (
             ("idle_timeout", idle_timeout),
@@ -968,6 +974,8 @@ class MrdServer:
         self.max_exams = int(max_exams)
         self.max_exam_bytes = int(max_exam_bytes)
         self.max_connections = max_connections
+        #: Gadget modules a configuration may name besides the project's own (``serve --allow-module``).
+        self.allowed_modules = frozenset(allowed_modules)
         self._slots = threading.Semaphore(self.max_concurrent)
         #: Exams past their handshake; a session holds one from its header until its gadgets ended.
         self.exam_slots = threading.Semaphore(self.max_exams)
@@ -1007,9 +1015,10 @@ class MrdServer:
             self._listener.settimeout(_POLL)
             if not _is_loopback(self.host):
                 logger.warning(
-                    "MRD server listening on %s, not loopback: any client that reaches it can run any Python "
-                    "module named in a configuration text",
+                    "MRD server listening on %s, not loopback: any client that reaches it can run the project's "
+                    "gadgets%s",
                     self.host,
+                    f" and any target of {', '.join(sorted(self.allowed_modules))}" if self.allowed_modules else "",
                 )
         return self.address
 
@@ -1205,6 +1214,7 @@ def serve(
     ready: threading.Event | None = None,
     stop: threading.Event | None = None,
     max_connections: int | None = None,
+    allowed_modules: Collection[str] = (),
 ) -> None:
     """Run the MRD server until ``stop`` is set (or ``max_connections`` were served); blocks.
 
@@ -1223,5 +1233,6 @@ def serve(
         max_exams=max_exams,
         max_exam_bytes=max_exam_bytes,
         max_connections=max_connections,
+        allowed_modules=allowed_modules,
     )
     server.serve_forever(ready=ready, stop=stop)

@@ -6,233 +6,35 @@ functions; they hold no numerics of their own.
 
 from __future__ import annotations
 
-import difflib
 import logging
-import math
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import ismrmrd
-import numpy as np
 import torch
 
 from .errors import ProtocolError
-from .images import SERIES_INDEX, make_image
-from .kspace import Assembled, Assembler, RetroSettings
-from .masks import FAMILIES
+from .gadget_settings import METHODS, PROPERTIES, SERIES_INDEX, GadgetSettings, RetroSettings, default_weights
+from .images import make_image
+from .kspace import Assembled, Assembler
 from .metrics import snr_db, ssim
 from .problem import Problem
 from .reconstructors import RGANCS, CoilRoutedRGANCS, Reconstructor, Result, ZeroFilled
 from .reconstructors.bart_cs import BartCS
-from .sample_data import DEFAULT_BUNDLE, DEFAULT_BUNDLES, DEFAULT_SINGLE_COIL_BUNDLE
 from .timings import RECON_STAGE, StageTimer, meta_name
 
 log = logging.getLogger(__name__)
 
-METHODS = ("rgancs", "zero_filled", "cs_wavelet", "cs_tv")
+__all__ = ["METHODS", "PROPERTIES", "GadgetSettings", "RetroSettings", "default_weights"]
 _REGULARISERS = {"cs_wavelet": "wavelet", "cs_tv": "tv"}
-
-
-#: Properties every gadget reads, then those of each method.
-_COMMON = frozenset(
-    {
-        "device",
-        "mask",
-        "retro_acceleration",
-        "seed",
-        "calib",
-        "series_index",
-        "complex",
-        "calib_width",
-        "reference",
-        "threads",
-    }
-)
-_BART = frozenset({"lambda", "iterations", "time_limit", "workers"})
-#: The properties each gadget target accepts; any other is a ProtocolError (a typo must not pass silently).
-PROPERTIES: dict[str, frozenset[str]] = {
-    "rgancs": _COMMON | {"weights", "single_coil_weights", "fast_path", "batch_size"},
-    "zero_filled": _COMMON,
-    "cs_wavelet": _COMMON | _BART,
-    "cs_tv": _COMMON | _BART,
-}
-
-
-def _unknown_properties(method: str, unknown: list[str], known: frozenset[str]) -> str:
-    """``unknown property retro_accleration (did you mean retro_acceleration?); rgancs accepts: ...``."""
-    parts = []
-    for name in unknown:
-        close = difflib.get_close_matches(name, sorted(known), n=1)
-        elsewhere = [m for m, names in PROPERTIES.items() if name in names]
-        hint = f" (did you mean {close[0]}?)" if close else ""
-        if elsewhere and not close:
-            hint = f" (only {', '.join(elsewhere)} gadgets read it)"
-        parts.append(f"{name}{hint}")
-    noun = "property" if len(unknown) == 1 else "properties"
-    return f"unknown {noun} {', '.join(parts)}; the {method} gadget accepts: {', '.join(sorted(known))}"
-
-
-@dataclass(frozen=True)
-class GadgetSettings:
-    """A gadget's settings, read from the protocol's <property> elements."""
-
-    method: str
-    weights: Path = DEFAULT_BUNDLE
-    #: The bundle for single-coil slices; None = ``weights`` for every coil count.
-    single_coil_weights: Path | None = None
-    device: str = "auto"
-    batch_size: int = 0  # 0: the device's default (RGANCS.default_batch_size)
-    fast_path: str = "auto"
-    retro: RetroSettings | None = None
-    series_index: int = 0
-    complex_output: bool = False
-    calib_width: int = 24
-    send_reference: bool = False
-    lam: float | None = None  # BART CS: None = the tuned default for the coil count
-    iterations: int = 300
-    time_limit: float = 120.0
-    workers: int = 2
-    threads: int = 0  # torch threads of this gadget; 0: default_threads()
-
-    @classmethod
-    def from_properties(cls, method: str, props: dict[str, str]) -> GadgetSettings:
-        """Parse properties (weights, device, batch_size, fast_path, threads, mask, retro_acceleration, seed, calib,
-        calib_width, series_index, complex, reference; for BART CS: lambda, iterations, time_limit, workers);
-        a bad value is a ProtocolError naming the property."""
-        if method not in METHODS:
-            raise ProtocolError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
-        known = PROPERTIES[method]
-        unknown = sorted(set(props) - known)
-        if unknown:
-            raise ProtocolError(_unknown_properties(method, unknown, known))
-        retro = _retro_settings(props)
-        return cls(
-            method=method,
-            weights=Path(props["weights"]) if props.get("weights") else default_weights(props.get("device") or "auto"),
-            single_coil_weights=_single_coil_weights(props),
-            device=props.get("device", "auto") or "auto",
-            fast_path=props.get("fast_path", "auto") or "auto",
-            batch_size=_number(props, "batch_size", 0, int, minimum=0),
-            retro=retro,
-            series_index=_number(props, "series_index", SERIES_INDEX[method], int, minimum=0),
-            complex_output=_flag(props, "complex"),
-            calib_width=_number(props, "calib_width", 24, int, minimum=1),
-            send_reference=_flag(props, "reference"),
-            lam=_number(props, "lambda", None, float, minimum=0.0),
-            iterations=_number(props, "iterations", 300, int, minimum=1),
-            time_limit=_number(props, "time_limit", 120.0, float, minimum=0.0, strict=True),
-            workers=_number(props, "workers", 2, int, minimum=1),
-            threads=_threads(props),
-        )
-
-
-def _single_coil_weights(props: dict[str, str]) -> Path | None:
-    """``single_coil_weights``: a bundle path, or ``same`` (``weights`` for every coil count). Absent: the default
-    single-coil bundle when ``weights`` is absent too, else ``weights`` for every coil count."""
-    text = props.get("single_coil_weights", "").strip()
-    if text.lower() == "same":
-        return None
-    if text:
-        return Path(text)
-    return None if props.get("weights", "").strip() else DEFAULT_SINGLE_COIL_BUNDLE
-
-
-def _number(
-    props: dict[str, str],
-    name: str,
-    default: Any,
-    kind: type,
-    *,
-    minimum: float | None = None,
-    strict: bool = False,
-) -> Any:
-    """Property ``name`` as ``kind`` (``default`` when absent or empty); finite, and >= ``minimum`` (> when
-    ``strict``), else a ProtocolError naming the property and its domain."""
-    text = props.get(name, "").strip()
-    if text == "":
-        return default
-    try:
-        value = kind(text)
-    except ValueError:
-        raise ProtocolError(f"property {name}={text!r} is not a valid {kind.__name__}") from None
-    if kind is float and not math.isfinite(value):
-        raise ProtocolError(f"property {name}={text!r} must be a finite number")
-    if minimum is not None and (value < minimum or (strict and value == minimum)):
-        bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
-        raise ProtocolError(f"property {name}={text!r} must be {bound}")
-    return value
-
-
-def _threads(props: dict[str, str]) -> int:
-    threads = _number(props, "threads", 0, int)
-    if threads < 0:
-        raise ProtocolError(f"property threads={props['threads']!r} must be an integer >= 1, or 0 for the default")
-    return threads
-
-
-def _flag(props: dict[str, str], name: str) -> bool:
-    text = props.get(name, "false").strip().lower()
-    if text not in ("true", "false", "1", "0", "yes", "no"):
-        raise ProtocolError(f"property {name}={text!r} must be true or false")
-    return text in ("true", "1", "yes")
-
-
-def _check_mask_file(path: Path) -> None:
-    """A mask file must be a 2D boolean (or 0/1) .npy array with at least one sampled point: checked when the
-    gadget starts, so a wrong file fails before any data are read."""
-    hint = "write masks with numpy.save or `recon-plugin mask`"
-    try:
-        mask = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise ProtocolError(f"property mask={str(path)!r} is not a NumPy .npy array ({hint}): {exc}") from None
-    if not isinstance(mask, np.ndarray) or mask.ndim != 2:
-        shape = getattr(mask, "shape", None)
-        raise ProtocolError(f"property mask={str(path)!r} must hold a 2D array [ny, nx] (or [ky, kz]), got {shape}")
-    if mask.dtype != bool and not np.isin(mask, (0, 1)).all():
-        raise ProtocolError(f"property mask={str(path)!r} must be boolean or 0/1, got {mask.dtype} values")
-    if not mask.any():
-        raise ProtocolError(f"property mask={str(path)!r} samples no point")
-
-
-def _retro_settings(props: dict[str, str]) -> RetroSettings | None:
-    """Retrospective undersampling: on with ``retro_acceleration`` >= 1 or a mask file; off with 0 or neither."""
-    acceleration = _number(props, "retro_acceleration", 0.0, float)
-    if acceleration != 0 and acceleration < 1:
-        raise ProtocolError(
-            f"property retro_acceleration={props['retro_acceleration']!r} must be >= 1, or 0 for no retrospective "
-            "undersampling"
-        )
-    mask = props.get("mask", "").strip()
-    mask_file = Path(mask) if mask and mask.lower() not in FAMILIES else None
-    if mask_file is not None and not mask_file.is_file():
-        raise ProtocolError(f"property mask={mask!r} is neither a mask family ({', '.join(FAMILIES)}) nor a file")
-    if mask_file is not None:
-        _check_mask_file(mask_file)
-    if acceleration <= 0 and mask_file is None:
-        return None
-    return RetroSettings(
-        acceleration=acceleration if acceleration > 0 else 5.0,
-        family=mask.lower() if mask and mask_file is None else None,
-        seed=_number(props, "seed", 0, int, minimum=0),
-        calib=_number(props, "calib", 12, int, minimum=0),
-        mask_file=mask_file,
-    )
-
 
 _RESIDENT: dict[tuple[str, str, int, str], Reconstructor] = {}
 #: Routed pairs of resident models, kept like them (one wrapper per pair).
 _ROUTED: dict[tuple[tuple[str, str, int, str], tuple[str, str, int, str]], CoilRoutedRGANCS] = {}
-
-
-def default_weights(device: str = "auto") -> Path:
-    """The bundle a gadget loads without a ``weights`` property: :data:`DEFAULT_BUNDLES` for the device it will
-    run on (``auto``: CUDA when available). The choice is the model study's (docs/model_study.md)."""
-    on_gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-    return DEFAULT_BUNDLES["cuda" if on_gpu else "cpu"]
 
 
 #: torch's intra-op threads when this module was imported: OMP_NUM_THREADS, else torch's own default (the cores).

@@ -56,7 +56,7 @@ def server():
 
     ready, stop = ServerReady(), threading.Event()
     thread = threading.Thread(
-        target=serve, kwargs={"port": 0, "ready": ready, "stop": stop, "idle_timeout": 30.0}, daemon=True
+        target=serve, kwargs={"port": 0, "ready": ready, "stop": stop, "idle_timeout": 30.0, "allowed_modules": ("server_gadgets",)}, daemon=True
     )
     thread.start()
     assert ready.wait(10), "server did not start"

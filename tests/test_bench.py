@@ -140,3 +140,33 @@ def test_cli_rejects_a_bad_case() -> None:
 
     res = CliRunner().invoke(app, ["bench", "--case", "200by100", "--bundle", str(DEMO_BUNDLE)])
     assert res.exit_code != 0 and "NYxNXxCOILS" in res.output
+
+
+@pytest.mark.skipif(not bart_available(), reason="BART is not installed")
+def test_bart_over_its_time_limit_keeps_the_other_figures_and_exits_2(tmp_path: Path) -> None:
+    """A BART slice over --bart-time-limit: its rows name the timeout, RGANCS's figures are printed and saved,
+    and the exit status is 2 (before: a hard-coded 60 s limit and a run that threw everything away)."""
+    from typer.testing import CliRunner
+
+    from recon_plugin.cli import app
+
+    out = tmp_path / "bench.json"
+    args = ["bench", "--case", "64x48x4", "--batch", "1", "--path", "fp32", "--slices", "1", "--repeats", "1"]
+    args += ["--bundle", str(DEMO_BUNDLE), "--device", "cpu", "--no-cold", "--bart-time-limit", "0.001"]
+    res = CliRunner().invoke(app, [*args, "--json", str(out)])
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.output and "BartTimeoutError" in res.output
+    data = json.loads(out.read_text())
+    rgancs = [r for r in data["rows"] if r["method"] == "rgancs"]
+    assert rgancs and rgancs[0]["p50_ms"] > 0  # measured and kept
+    assert {r["method"] for r in data["rows"] if "BartTimeoutError" in (r["note"] or "")} == {"cs_wavelet", "cs_tv"}
+    assert len(data["failures"]) == 2
+
+
+def test_bart_time_limit_must_be_positive() -> None:
+    from typer.testing import CliRunner
+
+    from recon_plugin.cli import app
+
+    res = CliRunner().invoke(app, ["bench", "--bart-time-limit", "0", "--bundle", str(DEMO_BUNDLE)])
+    assert res.exit_code == 2 and "--bart-time-limit" in res.output

@@ -33,7 +33,7 @@ from rich.table import Table
 from tqdm.auto import tqdm
 
 from ..errors import GadgetFailedError, OutputPathError, ProtocolError, ReconError
-from ..images import SNR_META, SSIM_META
+from ..gadget_settings import SNR_META, SSIM_META
 from .dataset import RawData, check_output_folder, check_output_path, read_images, read_raw, write_images, write_pngs
 from .external import DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT, ExternalRun, Message, attach_results, run_external
 from .protocol import ExternalStep, ParallelStep, Protocol, Step, load_protocol
@@ -151,7 +151,8 @@ def replay_file(
     Raises:
         OutputExistsError: ``output_h5`` exists and ``overwrite`` is False (checked first).
         OutputPathError: ``output_h5`` is the input, a folder, or its folder is missing or not writable.
-        ProtocolError: the protocol cannot be replayed (C++ gadgets, no AcquisitionReader or ImageWriter...).
+        ProtocolError: the protocol cannot be replayed (C++ gadgets, no AcquisitionReader or ImageWriter...), names
+            a gadget module or target that does not exist, or gives a project gadget a bad property.
         IsmrmrdFormatError: the input file is not valid ISMRMRD raw data.
         GadgetFailedError: a gadget reported an error, crashed, sent an illegal message, or no image came back.
         StreamTimeoutError: a gadget did not connect, answer or read within its time limit.
@@ -165,6 +166,9 @@ def replay_file(
         check_output_folder(png_dir, "--png")
     protocol = protocol_xml if isinstance(protocol_xml, Protocol) else load_protocol(protocol_xml)
     _check_replayable(protocol)
+    from ..gadget_targets import check_protocol  # here: gadget_targets imports this package's protocol module
+
+    check_protocol(protocol, search_path=extra_pythonpath)  # every target exists, properties parse: before any start
     raw = read_raw(input_h5)
     if output_h5.exists() or output_h5.is_symlink():  # overwrite: never leave the older file if this run fails
         output_h5.unlink()

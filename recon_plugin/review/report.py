@@ -23,7 +23,8 @@ import numpy as np
 from PIL import Image
 
 from ..errors import IsmrmrdFormatError, ReconError
-from ..images import SERIES_INDEX, SNR_META, SSIM_META, image_meta
+from ..gadget_settings import SERIES_INDEX
+from ..images import SNR_META, SSIM_META, image_meta
 from ..metrics import snr_db, ssim
 from ..preview import to_uint8
 from ..replay.dataset import read_images

@@ -3,7 +3,7 @@
 Exams are told apart by ``measurement_uid`` (ISMRMRD) or StudyInstanceUID (DICOM); a slice is the image
 index (InstanceNumber in DICOM) and the slice centre position rounded to 0.1 mm, which the methods of one
 exam share. The method comes from the ``Method`` meta attribute (DICOM: ``Method=`` in ImageComments, else
-SeriesDescription), else from the fixed series number of :data:`recon_plugin.images.SERIES_INDEX`.
+SeriesDescription), else from the fixed series number of :data:`recon_plugin.gadget_settings.SERIES_INDEX`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ReconError
-from ..images import SERIES_INDEX, image_meta
+from ..gadget_settings import SERIES_INDEX
+from ..images import image_meta
 from .errors import StudyInputError
 
 logger = logging.getLogger(__name__)
