@@ -276,6 +276,13 @@ def serve(
             metavar="MODULE",
         ),
     ] = None,
+    keep_partial: Annotated[
+        bool,
+        typer.Option(
+            help="when a gadget reports an error, let the exam's other gadgets finish and send their images (default: "
+            "stop them, as Gadgetron and replay fail the whole stream)"
+        ),
+    ] = False,
 ) -> None:
     """Serve the ISMRMRD/MRD streaming protocol (as gadgetron_ismrmrd_client and scanner-side clients speak it),
     running the same gadgets as the Gadgetron path. Configurations may run only the project's gadget targets and
@@ -298,6 +305,7 @@ def serve(
             max_exam_bytes=max_exam_bytes,
             ready=ready,
             allowed_modules=allow_module or (),
+            keep_partial=keep_partial,
         )
     except KeyboardInterrupt:
         console.print("stopped")

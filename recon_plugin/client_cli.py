@@ -95,6 +95,13 @@ def client(
         float, typer.Option(help="seconds the server may stay silent", callback=positive_seconds)
     ] = DEFAULT_TIMEOUT,
     waveforms: Annotated[bool, typer.Option(help="also send the file's waveforms")] = True,
+    keep_partial: Annotated[
+        bool,
+        typer.Option(
+            help="when the stream fails, write the images that did arrive to group GROUP.partial (default: write "
+            "nothing, as a failed replay writes no file)"
+        ),
+    ] = False,
     json_out: Annotated[Path | None, typer.Option("--json", help="write the summary as JSON here")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log the client's progress")] = False,
 ) -> None:
@@ -141,6 +148,7 @@ def client(
                 output_group=group,
                 input_group=in_group,
                 waveforms=waveforms,
+                keep_partial=keep_partial,
             )
     except (ReconError, ValueError) as exc:
         fail(type(exc).__name__, str(exc))
@@ -153,6 +161,11 @@ def client(
         fail(type(exc).__name__, f"cannot reach {host}:{port}: {exc}" if unreachable else str(exc))
 
     _print_summary(result, report)
+    failed = bool(result.errors) or result.problem is not None
+    if failed and result.images and result.output is None:
+        console.print(
+            f"{len(result.images)} images arrived before the failure; none written (--keep-partial keeps them)"
+        )
     if result.errors:
         more = f" (and {len(result.errors) - 1} more)" if len(result.errors) > 1 else ""
         fail("ServerError", f"the MRD server reported: {result.errors[0]}{more}", result)

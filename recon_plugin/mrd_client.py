@@ -273,13 +273,16 @@ def stream_file(
     output_group: str | None = None,
     input_group: str = "dataset",
     waveforms: bool = True,
+    keep_partial: bool = False,
 ) -> ClientResult:
     """Stream an ISMRMRD raw file (acquisitions, then waveforms) to an MRD server; see :func:`stream`.
 
-    With ``output_h5`` the images that came back are written there, also after a failed stream when
-    some arrived: with ``output_group`` as a new group of that file (:func:`write_output`), else as the
-    whole file in group ``dataset`` (``write_images``, replacing the file). ``input_group`` is the
-    raw file's group.
+    With ``output_h5`` the images that came back are written there: with ``output_group`` as a new group of
+    that file (:func:`write_output`), else as the whole file in group ``dataset`` (``write_images``, replacing
+    the file). A failed stream (an ERROR, a timeout, a broken connection) writes nothing, as a failed replay
+    writes no file; with ``keep_partial`` the images that did arrive go to group ``<output_group>.partial``
+    (``dataset.partial`` without a group), a name that says they are incomplete. ``input_group`` is the raw
+    file's group.
 
     Raises:
         IsmrmrdFormatError: the input file is not ISMRMRD raw data, or a series mixes image shapes.
@@ -289,11 +292,21 @@ def stream_file(
     raw = read_raw(input_h5, input_group)
     if output_h5 is not None and output_group is not None:
         check_output_group(output_h5, output_group)
+        if keep_partial:
+            check_output_group(output_h5, partial_group(output_group))
     messages: list[Message] = [*raw.acquisitions, *(raw.waveforms if waveforms else [])]
     result = stream(
         raw.header_xml, messages, host, port, config_name=config_name, config_xml=config_xml, timeout=timeout
     )
-    if output_h5 is not None and result.images:
+    failed = bool(result.errors) or result.problem is not None
+    if output_h5 is not None and result.images and failed:
+        if keep_partial:
+            group = partial_group(output_group or "dataset")
+            result.output = write_output(output_h5, result.by_series(), raw.header_xml, group)
+            result.output_group = group
+        else:
+            logger.info("%d images arrived before the stream failed; not written (keep_partial)", len(result.images))
+    elif output_h5 is not None and result.images:
         if output_group is None:
             result.output = write_images(output_h5, result.by_series(), raw.header_xml)
             result.output_group = "dataset"
@@ -301,6 +314,11 @@ def stream_file(
             result.output = write_output(output_h5, result.by_series(), raw.header_xml, output_group)
             result.output_group = output_group
     return result
+
+
+def partial_group(group: str) -> str:
+    """Where ``keep_partial`` puts the images of a failed stream: ``<group>.partial``."""
+    return f"{group}.partial"
 
 
 def default_output_group() -> str:

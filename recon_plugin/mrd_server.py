@@ -33,8 +33,10 @@ backlog) reads the client's messages and feeds the gadget threads. Aborts (a cli
 ``idle_timeout``, an unexpected message, a bad header or configuration, a limit below) send ERROR +
 CLOSE and drop the connection; gadget output after that is discarded. A client that disconnects is
 logged as ClientDisconnectedError. After CLOSE each gadget's input is ended and the gadget finishes
-its reconstruction; when the input did not end with CLOSE (disconnect, abort, server stopping) the
-gadgets are *stopped*: their queued input is freed and their next read or ``send`` raises
+its reconstruction. A gadget's ERROR fails the exam as a whole, as Gadgetron and replay fail the stream: the
+ERROR goes to the client and every other gadget is stopped (``keep_partial``, ``serve --keep-partial``: they
+run to their end and their images still go out); when the input did not end with CLOSE (disconnect, abort,
+server stopping) the gadgets are *stopped*: their queued input is freed and their next read or ``send`` raises
 ``PeerGoneError`` (the gadgets' own "nobody to report to" error), so no half exam is reconstructed for
 a client that is gone. A gadget whose client vanished after CLOSE is stopped at its next ``send``.
 
@@ -382,12 +384,15 @@ def _refused_if(over: list[str], what: str, nbytes: int) -> int:
 class _ClientChannel:
     """Everything written to the client: whole messages under one lock; a dead socket is tolerated."""
 
-    def __init__(self, sock: socket.socket, label: str) -> None:
+    def __init__(self, sock: socket.socket, label: str, on_gadget_error: Callable[[], None] | None = None) -> None:
         self._sock = sock
         self._lock = threading.Lock()
         self.label = label
         self.dead = False
         self.forwarding = True
+        #: Called once, outside the lock, after the first ERROR from a gadget was written to the client.
+        self._on_gadget_error = on_gadget_error
+        self.gadget_failed = False
         self.images = 0
         self.errors = 0
         self.dropped: dict[str, int] = {}
@@ -403,9 +408,14 @@ class _ClientChannel:
                 self.dead = True
                 logger.warning("client %s: cannot write (%s); further output is dropped", self.label, describe(exc))
                 return False
+            first_failure = False
             if len(data) >= _ID.size and _ID.unpack_from(data)[0] == MSG_ERROR:
                 self.errors += 1
-            return True
+                first_failure = from_gadget and not self.gadget_failed
+                self.gadget_failed = self.gadget_failed or from_gadget
+        if first_failure and self._on_gadget_error is not None:
+            self._on_gadget_error()
+        return True
 
     def send_item(self, item: object) -> None:
         """A gadget's ``send``: images go to the client; acquisitions and waveforms are dropped."""
@@ -619,7 +629,7 @@ class _Gadget:
     ended_input: bool = False
 
     def put(self, item: object) -> None:
-        if not self.finished.is_set():
+        if not self.finished.is_set() and not self.stopped.is_set():
             self.inbox.put(item)
 
     def end_input(self) -> None:
@@ -654,7 +664,7 @@ class _Session:
         self.server = server
         self.sock = sock
         self.label = label
-        self.channel = _ClientChannel(sock, label)
+        self.channel = _ClientChannel(sock, label, on_gadget_error=self._gadget_failed)
         self.inbound = _Inbound(sock, server.idle_timeout)
         self.gadgets: list[_Gadget] = []
         self.summary = _Summary()
@@ -721,6 +731,21 @@ class _Session:
             self.label, s.config, s.acquisitions, s.waveforms, s.nbytes, c.images, c.errors, dropped, s.outcome,
             time.monotonic() - start,
         )  # fmt: skip
+
+    def _gadget_failed(self) -> None:
+        """A gadget reported an error: the exam fails as a whole, as on Gadgetron and in replay. The other gadgets
+        are stopped (their next read or send ends them) unless the server keeps partial results."""
+        self.summary.outcome = "gadget failed"
+        if self.server.keep_partial:
+            logger.info("client %s: a gadget failed; the others run to their end (keep_partial)", self.label)
+            return
+        running = [g for g in list(self.gadgets) if not g.finished.is_set()]
+        logger.info(
+            "client %s: a gadget failed: stopping the %d other gadget(s) (serve --keep-partial lets them finish)",
+            self.label, len(running),
+        )  # fmt: skip
+        for gadget in running:
+            gadget.stop()
 
     def _take_exam_slot(self) -> None:
         """Wait (at most ``idle_timeout``) until fewer than ``max_exams`` exams are past their handshake."""
@@ -947,6 +972,7 @@ class MrdServer:
         max_exam_bytes: int = DEFAULT_MAX_EXAM_BYTES,
         max_connections: int | None = None,
         allowed_modules: Collection[str] = (),
+        keep_partial: bool = False,
     ) -> None:
         for name, value in (
             ("idle_timeout", idle_timeout),
@@ -976,6 +1002,8 @@ class MrdServer:
         self.max_connections = max_connections
         #: Gadget modules a configuration may name besides the project's own (``serve --allow-module``).
         self.allowed_modules = frozenset(allowed_modules)
+        #: On a gadget's ERROR, let the other gadgets finish (True) instead of stopping them (the default).
+        self.keep_partial = bool(keep_partial)
         self._slots = threading.Semaphore(self.max_concurrent)
         #: Exams past their handshake; a session holds one from its header until its gadgets ended.
         self.exam_slots = threading.Semaphore(self.max_exams)
@@ -1215,6 +1243,7 @@ def serve(
     stop: threading.Event | None = None,
     max_connections: int | None = None,
     allowed_modules: Collection[str] = (),
+    keep_partial: bool = False,
 ) -> None:
     """Run the MRD server until ``stop`` is set (or ``max_connections`` were served); blocks.
 
@@ -1234,5 +1263,6 @@ def serve(
         max_exam_bytes=max_exam_bytes,
         max_connections=max_connections,
         allowed_modules=allowed_modules,
+        keep_partial=keep_partial,
     )
     server.serve_forever(ready=ready, stop=stop)

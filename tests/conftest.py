@@ -55,9 +55,8 @@ def server():
     from recon_plugin.mrd_server import ServerReady, serve
 
     ready, stop = ServerReady(), threading.Event()
-    thread = threading.Thread(
-        target=serve, kwargs={"port": 0, "ready": ready, "stop": stop, "idle_timeout": 30.0, "allowed_modules": ("server_gadgets",)}, daemon=True
-    )
+    settings = {"port": 0, "ready": ready, "stop": stop, "idle_timeout": 30.0, "allowed_modules": ("server_gadgets",)}
+    thread = threading.Thread(target=serve, kwargs=settings, daemon=True)
     thread.start()
     assert ready.wait(10), "server did not start"
     yield ready.address
