@@ -219,12 +219,23 @@ def export(
     images_h5: Annotated[Path, typer.Argument(help="ISMRMRD image file (e.g. from replay)")],
     dicom: Annotated[Path, typer.Option(help="output folder: one DICOM series per method")],
     overwrite: Annotated[bool, typer.Option(help="replace DICOM files already in the series folders")] = False,
+    group: Annotated[
+        str | None,
+        typer.Option(
+            "--group",
+            "-G",
+            help="the file's image group (default: its only one, or the newest date-time group `client` wrote)",
+        ),
+    ] = None,
 ) -> None:
     """Write an ISMRMRD image file as DICOM series (shared study, one series per method)."""
     from .dicom_export import export_file
+    from .replay.dataset import pick_image_group
 
     try:
-        written = export_file(images_h5, dicom, overwrite=overwrite)
+        group = pick_image_group(images_h5, group)
+        console.print(f"image group '{group}' of {images_h5}")
+        written = export_file(images_h5, dicom, dataset_name=group, overwrite=overwrite)
     except ReconError as exc:
         _fail(exc)
     except OSError as exc:

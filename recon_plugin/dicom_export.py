@@ -57,7 +57,7 @@ from .console import make_readable
 from .errors import InvalidInputError, IsmrmrdFormatError, NonFiniteDataError
 from .gadget_settings import SERIES_INDEX
 from .kspace import parse_header
-from .replay.dataset import read_images
+from .replay.dataset import pick_image_group, read_images
 
 logger = logging.getLogger(__name__)
 
@@ -175,19 +175,24 @@ def export_file(
     ismrmrd_images_h5: str | Path,
     out_dir: str | Path,
     *,
-    dataset_name: str = "dataset",
+    dataset_name: str | None = None,
     study_uid: str | None = None,
     patient_name: str | None = None,
     patient_id: str | None = None,
     overwrite: bool = False,
 ) -> dict[int, list[Path]]:
-    """Export an ISMRMRD image file (e.g. a replay output) to DICOM, with its ``<dataset>/xml`` header if present.
+    """Export an ISMRMRD image file (e.g. a replay output) to DICOM, with its ``<group>/xml`` header if present.
+
+    ``dataset_name``: the image group; None picks the file's only one, or the newest date-time group
+    (:func:`~recon_plugin.replay.dataset.pick_image_group`).
 
     Raises:
+        ImageGroupError: no such image group, or several and none named (the message lists them).
         IsmrmrdFormatError: the file cannot be read, holds no image series, or its XML header is invalid.
         Otherwise as :func:`write_dicom_series`.
     """
     path = Path(ismrmrd_images_h5)
+    dataset_name = pick_image_group(path, dataset_name)
     images = read_images(path, dataset_name)
     header_xml = _read_optional_header(path, dataset_name)
     header = parse_header(header_xml, where=str(path)) if header_xml is not None else None

@@ -59,6 +59,10 @@ class IsmrmrdFormatError(InvalidInputError):
     """An ISMRMRD file, header or stream is malformed, truncated or lacks required fields."""
 
 
+class ImageGroupError(IsmrmrdFormatError):
+    """An ISMRMRD image file lacks the named image group, or holds several and none was named."""
+
+
 class FileLockedError(InvalidInputError):
     """A valid input file is locked by another process (e.g. an HDF5 writer that still has it open)."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 import logging
 import os
 import tempfile
@@ -16,7 +17,7 @@ import numpy as np
 from ismrmrd.hdf5 import acquisition_header_dtype, get_hdf5type, image_header_dtype, waveform_header_dtype
 
 from ..console import make_readable
-from ..errors import FileLockedError, IsmrmrdFormatError, OutputExistsError, OutputPathError
+from ..errors import FileLockedError, ImageGroupError, IsmrmrdFormatError, OutputExistsError, OutputPathError
 from ..kspace import parse_header
 
 logger = logging.getLogger(__name__)
@@ -244,9 +245,67 @@ def write_images(
     return path
 
 
-def read_images(path: str | Path, dataset_name: str = "dataset") -> dict[int, list[ismrmrd.Image]]:
-    """Read back every ``image_<series>`` group of an ISMRMRD image file, by series."""
+def image_groups(path: str | Path) -> list[str]:
+    """The top-level groups of an ISMRMRD file that hold image series (``<group>/image_<n>``), by name.
+
+    Raises:
+        IsmrmrdFormatError: not a readable HDF5 file.
+    """
     path = Path(path)
+    if not path.is_file():
+        raise IsmrmrdFormatError(f"{path}: no such file" if not path.exists() else f"{path} is not a file")
+    with _corrupt_as_format_error(path), h5py.File(path, "r") as h5:
+        return [
+            name
+            for name, node in h5.items()
+            if isinstance(node, h5py.Group) and any(k.startswith("image_") and k[6:].isdigit() for k in node)
+        ]
+
+
+def pick_image_group(path: str | Path, group: str | None = None) -> str:
+    """The image group to read: ``group`` when given (it must hold images); else the file's only image group, or
+    the newest of several date-time groups (the name ``recon-plugin client`` and the reference MRD clients give
+    each run).
+
+    Raises:
+        ImageGroupError: ``group`` holds no images, the file holds none, or several groups and none was named
+            (the message lists them).
+    """
+    groups = image_groups(path)
+    listed = ", ".join(repr(g) for g in groups)
+    if group is not None:
+        if group not in groups:
+            raise ImageGroupError(
+                f"{path} has no image group {group!r}"
+                + (f"; its image groups: {listed}" if groups else "; it holds no image series")
+            )
+        return group
+    if not groups:
+        raise ImageGroupError(f"{path} holds no image series")
+    if len(groups) == 1:
+        return groups[0]
+    stamps = {g: _date_time(g) for g in groups}
+    if all(stamp is not None for stamp in stamps.values()):
+        return max(groups, key=lambda g: stamps[g])  # type: ignore[arg-type, return-value]
+    raise ImageGroupError(f"{path} holds {len(groups)} image groups: {listed}; pick one with --group")
+
+
+def _date_time(name: str) -> datetime.datetime | None:
+    try:
+        return datetime.datetime.fromisoformat(name)
+    except ValueError:
+        return None
+
+
+def read_images(path: str | Path, dataset_name: str = "dataset") -> dict[int, list[ismrmrd.Image]]:
+    """Read back every ``image_<series>`` group of an ISMRMRD image file's group ``dataset_name``, by series.
+
+    Raises:
+        ImageGroupError: the file has no such image group (the message lists those it has).
+        IsmrmrdFormatError: the file cannot be read.
+    """
+    path = Path(path)
+    pick_image_group(path, dataset_name)
     out: dict[int, list[ismrmrd.Image]] = {}
     with _corrupt_as_format_error(path), ismrmrd.Dataset(path, dataset_name, create_if_needed=False) as dataset:
         for name in dataset.list():
