@@ -298,6 +298,7 @@ def serve(
     """Serve the ISMRMRD/MRD streaming protocol (as gadgetron_ismrmrd_client and scanner-side clients speak it),
     running the same gadgets as the Gadgetron path. Configurations may run only the project's gadget targets and
     those of modules allowed with --allow-module."""
+    from .interrupt import Interrupted
     from .mrd_server import DEFAULT_PROTOCOLS_DIR, ServerReady
     from .mrd_server import serve as run_server
 
@@ -318,7 +319,7 @@ def serve(
             allowed_modules=allow_module or (),
             keep_partial=keep_partial,
         )
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Interrupted):  # Ctrl-C is how a foreground server is stopped: not an error
         console.print("stopped")
     except OSError as exc:
         _fail(exc, f"cannot serve on {host}:{port}: ")
@@ -349,6 +350,9 @@ app.add_typer(review_app, name="review", help="Blinded reader study of paired ou
 
 
 def main() -> None:
-    """Console entry point: warnings and errors are logged; ``-v`` adds INFO, ``-vv`` DEBUG."""
+    """Console entry point: warnings and errors are logged; ``-v`` adds INFO, ``-vv`` DEBUG; Ctrl-C prints
+    ``interrupted`` and exits 130."""
+    from .interrupt import run_interruptible
+
     configure_logging(0)
-    app()
+    run_interruptible(app)

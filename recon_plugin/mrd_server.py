@@ -1097,7 +1097,7 @@ class MrdServer:
                     continue
                 self._start_connection(sock, peer)
             self._wait_for_connections(stopping)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, SystemExit):  # Ctrl-C (recon_plugin.interrupt raises a SystemExit)
             logger.info("interrupted: stopping the MRD server")
             self._abort_connections()
             raise

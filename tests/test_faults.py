@@ -141,3 +141,50 @@ def test_a_locked_input_file_is_named_as_locked(tmp_path: Path) -> None:
     finally:
         writer.kill()
         writer.wait()
+
+
+def test_ctrl_c_during_start_up_is_one_line_and_exit_130() -> None:
+    """SIGINT while a command imports torch: ``interrupted``, exit 130 (before: a 40-line KeyboardInterrupt)."""
+    code = (
+        "import os, signal, sys, threading\n"
+        "from recon_plugin.cli import main\n"
+        "sys.argv = ['recon-plugin', 'bench', '--quick', '--no-bart', '--no-cold']\n"
+        "threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGINT)).start()\n"
+        "main()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 130, done.stderr
+    assert done.stderr == "interrupted\n"
+
+
+def test_ctrl_c_during_replay_stops_the_gadgets_with_one_line(tmp_path: Path) -> None:
+    """SIGINT to `recon-plugin replay` while its gadget runs: ``interrupted``, exit 130, no gadget left, no OUT,
+    and none of the follow-on "gadget ... failed" lines."""
+    from test_replay_engine import external, header_xml, make_acquisitions, write_protocol
+
+    raw = tmp_path / "raw.h5"
+    with ismrmrd.Dataset(raw, "dataset", create_if_needed=True) as dataset:
+        dataset.write_xml_header(header_xml())
+        for acq in make_acquisitions(np.random.default_rng(0)):
+            dataset.append_acquisition(acq)
+    protocol = write_protocol(tmp_path, external("hang"))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    code = "from recon_plugin.cli import main; main()"
+    args = ["replay", str(raw), "--protocol", str(protocol), "--out", str(tmp_path / "out.h5"), "--no-progress"]
+    replay = subprocess.Popen([sys.executable, "-c", code, *args], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        gadget = _wait_for_child(replay.pid, "replay_gadgets hang", limit=60)
+        time.sleep(1.0)
+        replay.send_signal(signal.SIGINT)
+        _, stderr = replay.communicate(timeout=30)
+        assert replay.returncode == 130, stderr
+        assert stderr == "interrupted\n"
+        deadline = time.monotonic() + 10
+        while _alive(gadget) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(gadget), f"gadget {gadget} outlived replay"
+        assert not (tmp_path / "out.h5").exists()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(replay.pid, signal.SIGKILL)
+        replay.wait()

@@ -195,9 +195,11 @@ def copies(
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: a named error (``ReconError``) ends with one line on stderr and exit code 2;
     warnings and errors are logged, ``-v`` adds INFO and ``-vv`` DEBUG."""
+    from recon_plugin.interrupt import run_interruptible
+
     configure_logging(0)
     try:
-        app(args=argv, prog_name="recon-train")
+        run_interruptible(lambda: app(args=argv, prog_name="recon-train"))
     except ReconError as exc:
         typer.echo(error_line(exc), err=True)
         raise SystemExit(2) from None
