@@ -270,6 +270,17 @@ def serve(
         int,
         typer.Option(help="exams past their handshake (reading data, reconstructing) at once; others wait", min=1),
     ] = 4,
+    max_exams_per_peer: Annotated[
+        int, typer.Option(help="exams in progress from one address at once; its others wait", min=1)
+    ] = 2,
+    message_timeout: Annotated[
+        float,
+        typer.Option(
+            help="seconds one acquisition or waveform may take from its first byte to its last (slow senders are "
+            "dropped)",
+            callback=positive_seconds,
+        ),
+    ] = 30.0,
     max_exam_bytes: Annotated[
         int,
         typer.Option(
@@ -314,6 +325,8 @@ def serve(
             max_concurrent=max_concurrent,
             max_per_peer=max_per_peer,
             max_exams=max_exams,
+            max_exams_per_peer=max_exams_per_peer,
+            message_timeout=message_timeout,
             max_exam_bytes=max_exam_bytes,
             ready=ready,
             allowed_modules=allow_module or (),

@@ -83,6 +83,10 @@ class StreamTimeoutError(ReconError, TimeoutError):
     """A peer did not send or accept data within the time limit."""
 
 
+class ClientTooSlowError(StreamTimeoutError):
+    """A client took longer than the server allows to send one message (a trickle holds an exam slot)."""
+
+
 class BartNotFoundError(ReconError):
     """The BART command-line tool is not installed or not on PATH / TOOLBOX_PATH."""
 

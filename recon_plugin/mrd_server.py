@@ -46,8 +46,12 @@ Limits (hostile or broken clients must not exhaust the server):
   waiting (StreamTimeoutError); after that a client may stay silent ``idle_timeout`` seconds.
 * Connections: at most ``max_concurrent`` at once, at most ``max_per_peer`` from one address (more are
   answered TooManyConnectionsError + CLOSE at once), and at most ``max_exams`` exams past their
-  handshake (reading data, reconstructing); a connection waits up to ``idle_timeout`` for an exam
-  slot, then gets ServerBusyError.
+  handshake (reading data, reconstructing), ``max_exams_per_peer`` of them from one address; a connection
+  waits up to ``idle_timeout`` for an exam slot, then gets ServerBusyError.
+* Slow senders: once the first byte of an acquisition or waveform arrived, the whole message must arrive
+  within ``message_timeout`` seconds (ClientTooSlowError + CLOSE), so a client trickling a byte at a time,
+  never silent long enough for the idle timeout, cannot hold an exam slot. Between messages a client may
+  pause up to ``idle_timeout`` (a scanner streams as it acquires).
 * Messages: each acquisition's and waveform's 340- / 40-byte header is checked against
   :class:`MessageLimits` (from the exam's ISMRMRD header) *before* its data is read or allocated, and
   the bytes of one exam are capped at ``max_exam_bytes``: MessageTooLargeError / ExamTooLargeError,
@@ -88,6 +92,7 @@ import ismrmrd
 
 from .errors import (
     ClientDisconnectedError,
+    ClientTooSlowError,
     ExamTooLargeError,
     GadgetFailedError,
     IsmrmrdFormatError,
@@ -123,6 +128,10 @@ DEFAULT_MAX_CONCURRENT = 32
 DEFAULT_MAX_PER_PEER = 8
 #: Exams past their handshake (reading data, reconstructing) at the same time; others wait for a slot.
 DEFAULT_MAX_EXAMS = 4
+#: Exams past their handshake from one address at the same time; its further exams wait for one of them to end.
+DEFAULT_MAX_EXAMS_PER_PEER = 2
+#: Seconds one acquisition or waveform may take from its first byte to its last (a trickling sender is dropped).
+DEFAULT_MESSAGE_TIMEOUT = 30.0
 #: Bytes of acquisitions and waveforms one exam may send (the 3D reference exam is about 330 MB).
 DEFAULT_MAX_EXAM_BYTES = 8 * 2**30
 #: Samples per readout may exceed the header's largest encoded (or recon) matrix x by this factor.
@@ -531,11 +540,14 @@ class _Inbound:
     """Reads from the client; every read is bounded by ``timeout`` seconds of silence, and during the
     handshake (:meth:`start_handshake`) by what is left of the handshake's time."""
 
-    def __init__(self, sock: socket.socket, timeout: float) -> None:
+    def __init__(self, sock: socket.socket, timeout: float, message_timeout: float = DEFAULT_MESSAGE_TIMEOUT) -> None:
         self._sock = sock
         self._timeout = timeout
         self._handshake: float | None = None  # the handshake's seconds in all, while it runs
         self._left = 0.0  # seconds of waiting the handshake has left
+        self._message_timeout = message_timeout
+        self._deadline: float | None = None  # when the message being read must be complete
+        self._message_started = 0.0
         self.what = "the configuration"
 
     def start_handshake(self, seconds: float) -> None:
@@ -557,17 +569,32 @@ class _Inbound:
             "the connection was dropped"
         )
 
+    def _too_slow(self) -> ClientTooSlowError:
+        return ClientTooSlowError(
+            f"the client took more than {self._message_timeout:g} s to send {self.what} (a message must arrive "
+            "whole within that time once its first byte came; serve --message-timeout); the connection was dropped"
+        )
+
     def _recv_into(self, view: memoryview) -> int:
+        wait = self._timeout
         if self._handshake is not None:
             if self._left <= 0.001:
                 raise self._timed_out()
-            self._sock.settimeout(min(self._timeout, self._left))
+            wait = min(wait, self._left)
+        elif self._deadline is not None:
+            left = self._deadline - time.monotonic()
+            if left <= 0:
+                raise self._too_slow()
+            wait = min(wait, left)
+        self._sock.settimeout(wait)
         began = time.monotonic()
         try:
             count = self._sock.recv_into(view)
         except TimeoutError:
             if self._handshake is not None:
                 self._left -= time.monotonic() - began
+            if self._deadline is not None and time.monotonic() >= self._deadline - 0.001:
+                raise self._too_slow() from None
             raise self._timed_out() from None
         except OSError as exc:
             raise ClientDisconnectedError(f"the client connection failed while sending {self.what}: {exc}") from exc
@@ -590,6 +617,16 @@ class _Inbound:
 
     def u16(self) -> int:
         return _ID.unpack(self.read(_ID.size))[0]
+
+    def message_id(self) -> int:
+        """The next message's id. The wait for its first byte may last the idle timeout; from that byte on, the
+        whole message (id, header, data) must arrive within the message timeout (:meth:`end_message`)."""
+        first = self.read(1)
+        self._deadline = time.monotonic() + self._message_timeout
+        return _ID.unpack(first + self.read(1))[0]
+
+    def end_message(self) -> None:
+        self._deadline = None
 
     def text(self, what: str) -> bytes:
         (length,) = _U32.unpack(self.read(_U32.size))
@@ -660,12 +697,14 @@ class _Summary:
 class _Session:
     """One client connection, from the configuration to CLOSE."""
 
-    def __init__(self, server: MrdServer, sock: socket.socket, label: str) -> None:
+    def __init__(self, server: MrdServer, sock: socket.socket, label: str, address: str = "?") -> None:
         self.server = server
         self.sock = sock
         self.label = label
+        self.address = address
+        self._peer_exam = False
         self.channel = _ClientChannel(sock, label, on_gadget_error=self._gadget_failed)
-        self.inbound = _Inbound(sock, server.idle_timeout)
+        self.inbound = _Inbound(sock, server.idle_timeout, server.message_timeout)
         self.gadgets: list[_Gadget] = []
         self.summary = _Summary()
         self.limits = MessageLimits(0, 0)
@@ -751,6 +790,17 @@ class _Session:
         """Wait (at most ``idle_timeout``) until fewer than ``max_exams`` exams are past their handshake."""
         server = self.server
         began = time.monotonic()
+        while not server.claim_peer_exam(self.address):
+            if server.stopping():
+                raise ServerBusyError("the MRD server is stopping; send the exam again once it is back")
+            if time.monotonic() - began >= server.idle_timeout:
+                raise ServerBusyError(
+                    f"this address ({self.address}) already has {server.max_exams_per_peer} exams in progress on this "
+                    f"MRD server, and none ended within {server.idle_timeout:g} s; send the exam again later "
+                    "(serve --max-exams-per-peer sets the number)"
+                )
+            time.sleep(_POLL)
+        self._peer_exam = True
         while not server.exam_slots.acquire(timeout=_POLL):
             if server.stopping():
                 raise ServerBusyError("the MRD server is stopping; send the exam again once it is back")
@@ -768,6 +818,9 @@ class _Session:
         if self._exam_slot:
             self._exam_slot = False
             self.server.exam_slots.release()
+        if self._peer_exam:
+            self._peer_exam = False
+            self.server.release_peer_exam(self.address)
 
     def _read_configuration(self) -> Protocol:
         self.inbound.what = "the configuration"
@@ -839,18 +892,21 @@ class _Session:
         waveform_bytes = lambda head: self._payload_bytes(ismrmrd.Waveform, head)  # noqa: E731
         while True:
             self.inbound.what = f"message {self.summary.acquisitions + self.summary.waveforms + 1} (or CLOSE)"
-            mid = self.inbound.u16()
+            mid = self.inbound.message_id()
             if mid == MSG_CLOSE:
+                self.inbound.end_message()
                 self.input_complete = True
                 return
             if mid == MSG_ACQUISITION:
                 self.inbound.what = f"acquisition {self.summary.acquisitions}"
                 item, raw = self.inbound.message(ismrmrd.Acquisition, acquisition_bytes)
+                self.inbound.end_message()
                 self.summary.acquisitions += 1
                 self._fan_out(item, raw, ismrmrd.Acquisition, self.gadgets)
             elif mid == MSG_WAVEFORM:
                 self.inbound.what = f"waveform {self.summary.waveforms}"
                 item, raw = self.inbound.message(ismrmrd.Waveform, waveform_bytes)
+                self.inbound.end_message()
                 self.summary.waveforms += 1
                 if waveforms_to_gadget:
                     self._fan_out(item, raw, ismrmrd.Waveform, self.gadgets)
@@ -951,7 +1007,9 @@ class MrdServer:
     after that many connections and returns once they are done (None: until stopped). Connections run
     concurrently, one thread each: at most ``max_concurrent`` at once, ``max_per_peer`` of them from one
     address, ``max_exams`` of them past the handshake (which must end within ``handshake_timeout``
-    seconds of waiting); one exam may send ``max_exam_bytes``. See the module's "Limits".
+    seconds of waiting), ``max_exams_per_peer`` of those from one address; each acquisition or waveform must
+    arrive whole within ``message_timeout`` seconds of its first byte; one exam may send ``max_exam_bytes``.
+    See the module's "Limits".
 
     Raises:
         ValueError: a setting out of its domain (timeouts and limits must be positive, counts integers).
@@ -965,10 +1023,12 @@ class MrdServer:
         *,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+        message_timeout: float = DEFAULT_MESSAGE_TIMEOUT,
         handler_timeout: float = DEFAULT_HANDLER_TIMEOUT,
         max_concurrent: int = DEFAULT_MAX_CONCURRENT,
         max_per_peer: int = DEFAULT_MAX_PER_PEER,
         max_exams: int = DEFAULT_MAX_EXAMS,
+        max_exams_per_peer: int = DEFAULT_MAX_EXAMS_PER_PEER,
         max_exam_bytes: int = DEFAULT_MAX_EXAM_BYTES,
         max_connections: int | None = None,
         allowed_modules: Collection[str] = (),
@@ -977,6 +1037,7 @@ class MrdServer:
         for name, value in (
             ("idle_timeout", idle_timeout),
             ("handshake_timeout", handshake_timeout),
+            ("message_timeout", message_timeout),
             ("handler_timeout", handler_timeout),
         ):
             _check_setting(name, value)
@@ -984,6 +1045,7 @@ class MrdServer:
             ("max_concurrent", max_concurrent),
             ("max_per_peer", max_per_peer),
             ("max_exams", max_exams),
+            ("max_exams_per_peer", max_exams_per_peer),
             ("max_exam_bytes", max_exam_bytes),
         ):
             _check_setting(name, value, integer=True)
@@ -994,10 +1056,13 @@ class MrdServer:
         self.protocols_dir = Path(protocols_dir)
         self.idle_timeout = float(idle_timeout)
         self.handshake_timeout = float(handshake_timeout)
+        self.message_timeout = float(message_timeout)
         self.handler_timeout = float(handler_timeout)
         self.max_concurrent = int(max_concurrent)
         self.max_per_peer = int(max_per_peer)
         self.max_exams = int(max_exams)
+        self.max_exams_per_peer = int(max_exams_per_peer)
+        self._peer_exams: dict[str, int] = {}
         self.max_exam_bytes = int(max_exam_bytes)
         self.max_connections = max_connections
         #: Gadget modules a configuration may name besides the project's own (``serve --allow-module``).
@@ -1113,6 +1178,23 @@ class MrdServer:
             self._per_peer[peer[0]] = count + 1
             return True
 
+    def claim_peer_exam(self, address: str) -> bool:
+        """Count one more exam in progress from ``address``; False when it already has ``max_exams_per_peer``."""
+        with self._lock:
+            count = self._peer_exams.get(address, 0)
+            if count >= self.max_exams_per_peer:
+                return False
+            self._peer_exams[address] = count + 1
+            return True
+
+    def release_peer_exam(self, address: str) -> None:
+        with self._lock:
+            count = self._peer_exams.get(address, 0) - 1
+            if count > 0:
+                self._peer_exams[address] = count
+            else:
+                self._peer_exams.pop(address, None)
+
     def _leave(self, address: str) -> None:
         with self._lock:
             count = self._per_peer.get(address, 0) - 1
@@ -1162,7 +1244,7 @@ class MrdServer:
 
     def _serve_client(self, sock: socket.socket, label: str, address: str) -> None:
         try:
-            _Session(self, sock, label).run()
+            _Session(self, sock, label, address).run()
         except Exception:  # never let one connection take the server down
             logger.exception("client %s: connection handler crashed", label)
             with contextlib.suppress(OSError):
@@ -1234,10 +1316,12 @@ def serve(
     *,
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+    message_timeout: float = DEFAULT_MESSAGE_TIMEOUT,
     handler_timeout: float = DEFAULT_HANDLER_TIMEOUT,
     max_concurrent: int = DEFAULT_MAX_CONCURRENT,
     max_per_peer: int = DEFAULT_MAX_PER_PEER,
     max_exams: int = DEFAULT_MAX_EXAMS,
+    max_exams_per_peer: int = DEFAULT_MAX_EXAMS_PER_PEER,
     max_exam_bytes: int = DEFAULT_MAX_EXAM_BYTES,
     ready: threading.Event | None = None,
     stop: threading.Event | None = None,
@@ -1256,10 +1340,12 @@ def serve(
         protocols_dir,
         idle_timeout=idle_timeout,
         handshake_timeout=handshake_timeout,
+        message_timeout=message_timeout,
         handler_timeout=handler_timeout,
         max_concurrent=max_concurrent,
         max_per_peer=max_per_peer,
         max_exams=max_exams,
+        max_exams_per_peer=max_exams_per_peer,
         max_exam_bytes=max_exam_bytes,
         max_connections=max_connections,
         allowed_modules=allowed_modules,
