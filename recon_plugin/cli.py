@@ -30,6 +30,28 @@ def _fail(exc: ReconError | OSError, what: str = "") -> NoReturn:
     raise typer.Exit(USAGE_EXIT) from exc
 
 
+#: ``--max-buffer`` of ``replay`` and ``serve``: the operator's cap on one exam's k-space buffers.
+MAX_BUFFER_HELP = (
+    "at most this much memory for one exam's k-space buffers in each gadget (8G, 512M...; default: 16G, and never "
+    "more than a quarter of the memory available); sets RECON_MAX_BUFFER for the gadgets"
+)
+
+
+def _apply_max_buffer(max_buffer: int | None) -> None:
+    """Export ``--max-buffer`` to the gadgets (in-process ones and started ones) and check an inherited setting."""
+    import os
+
+    from .memory import MAX_BUFFER_ENV, operator_cap
+
+    if max_buffer is not None:
+        os.environ[MAX_BUFFER_ENV] = str(max_buffer)
+    try:
+        operator_cap()
+    except ValueError as exc:
+        console.print(f"[bold red]ValueError[/]: {exc}")
+        raise typer.Exit(USAGE_EXIT) from None
+
+
 @app.command()
 def mask(
     out: Annotated[Path, typer.Option(help="output stem: writes STEM.npy, STEM_view_order.csv, STEM.png")],
@@ -140,8 +162,12 @@ def replay(
     json_out: Annotated[
         Path | None, typer.Option("--json", help="write the summary (series, methods, counts, seconds, SNR/SSIM)")
     ] = None,
+    max_buffer: Annotated[
+        int | None, typer.Option(help=MAX_BUFFER_HELP, parser=byte_size, metavar="BYTES", show_default=False)
+    ] = None,
 ) -> None:
     """Replay an ISMRMRD file through a protocol's gadgets, exactly as Gadgetron runs them."""
+    _apply_max_buffer(max_buffer)
     from .preview import series_comparison
     from .protocols_cli import resolve_protocol
     from .replay import (
@@ -290,6 +316,9 @@ def serve(
             show_default="8G",
         ),
     ] = 8 * 2**30,
+    max_buffer: Annotated[
+        int | None, typer.Option(help=MAX_BUFFER_HELP, parser=byte_size, metavar="BYTES", show_default=False)
+    ] = None,
     allow_module: Annotated[
         list[str] | None,
         typer.Option(
@@ -313,6 +342,7 @@ def serve(
     from .mrd_server import DEFAULT_PROTOCOLS_DIR, ServerReady
     from .mrd_server import serve as run_server
 
+    _apply_max_buffer(max_buffer)
     ready = ServerReady()
     console.print(f"serving MRD on {host}:{port}, protocols from {protocols or DEFAULT_PROTOCOLS_DIR} (Ctrl-C stops)")
     try:

@@ -8,7 +8,6 @@ callbacks here cover what those cannot: finite, strictly positive numbers and by
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable
 from typing import Annotated
 
@@ -17,9 +16,6 @@ import typer
 #: Port ranges: a server may ask for any free port (0); a client needs a real one.
 SERVER_PORT = {"min": 0, "max": 65535}
 CLIENT_PORT = {"min": 1, "max": 65535}
-
-_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
-_SIZE = re.compile(r"\s*(\d+(?:\.\d*)?)\s*([kmgt]?)(?:i?b)?\s*", re.IGNORECASE)
 
 
 def positive_seconds(value: float | None) -> float | None:
@@ -38,19 +34,16 @@ def acceleration_factor(value: float) -> float:
 
 def byte_size(text: str | int) -> int:
     """A size in bytes, ``1000000`` or with a binary unit: ``512K``, ``64M``, ``8G``, ``8GiB``, ``1T``; at least 1."""
+    from .memory import parse_size
+
     if isinstance(text, int):
-        number = text
-    else:
-        match = _SIZE.fullmatch(text)
-        if match is None:
-            raise typer.BadParameter(f"{text!r} is not a size: give bytes, e.g. 8G, 512M or 1000000")
-        value = float(match[1]) * _UNITS[match[2].lower()]
-        if not math.isfinite(value):
-            raise typer.BadParameter(f"{text!r} is not a size: give bytes, e.g. 8G, 512M or 1000000")
-        number = int(value)
-    if number < 1:
-        raise typer.BadParameter(f"{text!r} is not a size: give at least 1 byte")
-    return number
+        if text < 1:
+            raise typer.BadParameter(f"{text!r} is not a size: give at least 1 byte")
+        return text
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 def root_callback(prog: str, doc: str) -> Callable[..., None]:

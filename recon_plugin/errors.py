@@ -71,6 +71,10 @@ class EncodingError(InvalidInputError):
     """The acquisition's encoding cannot be reconstructed here (non-Cartesian, no limits, lines outside the matrix)."""
 
 
+class MemoryLimitError(EncodingError):
+    """An exam's k-space buffers would need more memory than this machine can give (or its operator allows)."""
+
+
 class ProtocolError(ReconError):
     """A Gadgetron protocol (XML pipeline) is invalid or needs parts this runtime does not have."""
 

@@ -23,10 +23,13 @@ from .errors import (
     EncodingError,
     InvalidInputError,
     IsmrmrdFormatError,
+    MemoryLimitError,
     NonFiniteDataError,
     ShapeMismatchError,
 )
 from .gadget_settings import RetroSettings
+from .memory import MAX_BUFFER_BYTES as _MAX_BUFFER_BYTES
+from .memory import buffer_limit
 
 if TYPE_CHECKING:  # numerics (torch) are imported where data are assembled: reading a header stays light
     from .problem import Problem
@@ -39,8 +42,45 @@ Key = tuple[int, int, int]  # (slice, contrast, repetition)
 #: these is refused before any buffer is made (a 65535 x 65535 header would otherwise ask for tens of GiB).
 MAX_MATRIX = (8192, 4096, 4096)
 MAX_ENCODED_POINTS = 2**27
-#: The slice buffers of one exam (channels x encoded matrix, complex64) may hold at most this many bytes.
-MAX_BUFFER_BYTES = 16 * 2**30
+#: The slice buffers of one exam (channels x encoded matrix, complex64) never hold more (see recon_plugin.memory).
+MAX_BUFFER_BYTES = _MAX_BUFFER_BYTES
+
+
+def slice_buffer_bytes(encoding: EncodingInfo, coils: int) -> int:
+    """Bytes of one slice's k-space buffer: channels x encoded matrix, complex64."""
+    return coils * math.prod(encoding.encoded) * np.dtype(np.complex64).itemsize
+
+
+def check_buffer_memory(nbytes: int, what: str) -> None:
+    """Refuse ``nbytes`` of buffers, before allocating them, beyond :func:`recon_plugin.memory.buffer_limit`.
+
+    Raises:
+        MemoryLimitError: over the limit (the message says which: the machine's memory or the operator's cap).
+        ValueError: ``RECON_MAX_BUFFER`` is set but is not a size.
+    """
+    limit, why = buffer_limit()
+    if nbytes > limit:
+        raise MemoryLimitError(
+            f"{what} need {nbytes / 2**30:.2f} GiB, over the {limit / 2**30:.2f} GiB an exam's buffers may take "
+            f"({why}); nothing was allocated. Reconstruct it on a machine with more memory, or raise --max-buffer / "
+            "RECON_MAX_BUFFER if the memory is there"
+        )
+
+
+def check_header_memory(header: ismrmrd.xsd.ismrmrdHeader | bytes | str, consumers: int = 1) -> None:
+    """At the header, before any gadget starts: one slice buffer per consuming gadget must fit
+    (:func:`check_buffer_memory`); channels from ``receiverChannels`` (1 when not stated). A header whose
+    encoding this project does not assemble (non-Cartesian...) passes: its gadgets judge it."""
+    header = parse_header(header)
+    try:
+        encoding = EncodingInfo.from_header(header)
+    except EncodingError:  # not an encoding this project assembles: the gadgets that read it judge it
+        return
+    info = getattr(header, "acquisitionSystemInformation", None)
+    coils = int(getattr(info, "receiverChannels", None) or 1)
+    nbytes = slice_buffer_bytes(encoding, coils) * max(1, consumers)
+    who = f" for each of {consumers} gadgets" if consumers > 1 else ""
+    check_buffer_memory(nbytes, f"one slice buffer of {coils} channels x {encoding.encoded}{who}")
 
 
 def parse_header(header: ismrmrd.xsd.ismrmrdHeader | bytes | str, where: str = "header") -> ismrmrd.xsd.ismrmrdHeader:
@@ -272,14 +312,11 @@ class Assembler:
                 )
 
     def _check_memory(self, coils: int) -> None:
-        """Refuse a slice buffer beyond :data:`MAX_BUFFER_BYTES` (header matrix x channels) before allocating it."""
-        nbytes = coils * math.prod(self.encoding.encoded) * np.dtype(np.complex64).itemsize
-        total = nbytes * (len(self._buffers) + 1)
-        if total > MAX_BUFFER_BYTES:
-            raise EncodingError(
-                f"{len(self._buffers) + 1} slice buffers of {coils} channels x {self.encoding.encoded} need "
-                f"{total / 2**30:.1f} GiB, over the {MAX_BUFFER_BYTES / 2**30:.0f} GiB limit of one exam"
-            )
+        """Refuse a new slice buffer (header matrix x channels) before allocating it when the exam's buffers
+        would exceed what this machine can give (:func:`check_buffer_memory`)."""
+        count = len(self._buffers) + 1
+        total = slice_buffer_bytes(self.encoding, coils) * count
+        check_buffer_memory(total, f"{count} slice buffer(s) of {coils} channels x {self.encoding.encoded}")
 
     def _check_coils(self, coils: int, acq: ismrmrd.Acquisition) -> None:
         if self._coils is None:

@@ -105,7 +105,7 @@ from .errors import (
     UnknownConfigurationError,
 )
 from .gadget_targets import check_protocol
-from .kspace import MAX_MATRIX, parse_header
+from .kspace import MAX_MATRIX, check_header_memory, parse_header
 from .replay.external import encode_message
 from .replay.protocol import ExternalStep, ParallelStep, Protocol, load_protocol
 from .sample_data import PROTOCOLS_DIR
@@ -723,6 +723,7 @@ class _Session:
             header_xml, header = self._read_header()
             self.inbound.end_handshake()
             self.limits = MessageLimits.from_header(header)
+            check_header_memory(header, len(gadgets))  # one slice buffer per gadget must fit: before any starts
             self._take_exam_slot()
             self._start(gadgets, header, header_xml)
             self._pump(protocol)

@@ -221,8 +221,8 @@ def test_a_huge_channel_count_is_refused_before_the_buffer(scan2d, monkeypatch):
     from recon_plugin import kspace
 
     data = [a for a in scan2d.acquisitions if not a.is_flag_set(ismrmrd.ACQ_IS_NOISE_MEASUREMENT)]
-    monkeypatch.setattr(kspace, "MAX_BUFFER_BYTES", 1000)  # far below one slice buffer of this exam
-    with pytest.raises(EncodingError, match="over the 0 GiB limit"):
+    monkeypatch.setenv("RECON_MAX_BUFFER", "1000")  # far below one slice buffer of this exam
+    with pytest.raises(kspace.MemoryLimitError, match="operator's cap"):
         Assembler(scan2d.header.toXML()).add(data[0])
 
 

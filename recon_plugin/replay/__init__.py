@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from ..errors import GadgetFailedError, OutputPathError, ProtocolError, ReconError
 from ..gadget_settings import SNR_META, SSIM_META
+from ..kspace import check_header_memory
 from .dataset import RawData, check_output_folder, check_output_path, read_images, read_raw, write_images, write_pngs
 from .external import DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT, ExternalRun, Message, attach_results, run_external
 from .protocol import ExternalStep, ParallelStep, Protocol, Step, load_protocol
@@ -154,6 +155,7 @@ def replay_file(
         ProtocolError: the protocol cannot be replayed (C++ gadgets, no AcquisitionReader or ImageWriter...), names
             a gadget module or target that does not exist, or gives a project gadget a bad property.
         IsmrmrdFormatError: the input file is not valid ISMRMRD raw data.
+        MemoryLimitError: one slice buffer per gadget would not fit in memory (:mod:`recon_plugin.memory`).
         GadgetFailedError: a gadget reported an error, crashed, sent an illegal message, or no image came back.
         StreamTimeoutError: a gadget did not connect, answer or read within its time limit.
     """
@@ -170,6 +172,7 @@ def replay_file(
 
     check_protocol(protocol, search_path=extra_pythonpath)  # every target exists, properties parse: before any start
     raw = read_raw(input_h5)
+    check_header_memory(raw.header_xml, input_consumers(protocol.steps))  # refused before any gadget starts
     if output_h5.exists() or output_h5.is_symlink():  # overwrite: never leave the older file if this run fails
         output_h5.unlink()
         logger.info("removed the older %s (overwrite)", output_h5)
