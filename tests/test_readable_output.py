@@ -88,8 +88,12 @@ def test_replay_summary_labels_series_and_is_not_cut(zero_filled_with_reference,
     zf, ref = by_method["zero_filled"], by_method["reference"]
     assert (zf["series"], zf["reference"], zf["images"], ref["series"], ref["reference"]) == (1, False, 4, 9, True)
     assert ref["seconds"] is None and zf["seconds"] > 0
+    assert ref["recon_seconds"] is None and 0 < zf["recon_seconds"] < zf["seconds"]  # recon, not the stream's wall
     assert f"{zf['snr_db']:.2f}" in rows["zero_filled"] and f"{zf['ssim']:.3f}" in rows["zero_filled"]
-    assert rows["reference"].split("│")[7].strip() == "-"  # no seconds claimed for the reference
+    assert abs(float(rows["zero_filled"].split("│")[7]) - zf["recon_seconds"]) <= 0.006
+    assert abs(float(rows["zero_filled"].split("│")[8]) - zf["seconds"]) <= 0.006
+    assert rows["reference"].split("│")[7].strip() == rows["reference"].split("│")[8].strip() == "-"  # not a recon
+    assert "recon s" in res.stdout and "stream s" in res.stdout and "gadget start to exit" in res.stdout
     assert "…" not in res.stdout
     # E: the image file and the DICOM files are readable by group and others under umask 022
     assert _mode(out) == 0o644

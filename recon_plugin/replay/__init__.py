@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from ..errors import GadgetFailedError, OutputPathError, ProtocolError, ReconError
 from ..gadget_settings import SNR_META, SSIM_META
 from ..kspace import check_header_memory
+from ..timings import RECON_STAGE, stage_seconds
 from .dataset import RawData, check_output_folder, check_output_path, read_images, read_raw, write_images, write_pngs
 from .external import DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT, ExternalRun, Message, attach_results, run_external
 from .protocol import ExternalStep, ParallelStep, Protocol, Step, load_protocol
@@ -85,7 +86,10 @@ class SeriesSummary:
     """One output image series.
 
     ``shape`` is the images' matrix_size (x, y, z); ``source`` names the branch key(s) or gadget that
-    made it and ``seconds`` that stream's wall time; ``mean_snr_db`` / ``mean_ssim`` average the
+    made it and ``seconds`` that stream's wall time (gadget start to exit: model loading, waiting for the data and
+    sending included); ``recon_seconds`` is the gadget's own reconstruction stage for the series (the cumulative
+    stage meta of its images, :data:`~recon_plugin.timings.RECON_STAGE`; None without such meta);
+    ``mean_snr_db`` / ``mean_ssim`` average the
     images' SNR / SSIM meta attributes where present (None when no image has them). ``method`` is what
     the images say they are (their ``Method`` attribute, else ``source``); ``reference`` marks the fully
     sampled reference a gadget sends beside its own series (its ``seconds`` are its stream's, not its own).
@@ -101,6 +105,7 @@ class SeriesSummary:
     mean_ssim: float | None = None
     method: str = ""
     reference: bool = False
+    recon_seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -304,9 +309,20 @@ def _summarise(labelled: Sequence[tuple[str, float, ismrmrd.Image]]) -> list[Ser
                 mean_ssim=_mean_meta(images, SSIM_META),
                 method="+".join(methods) or "+".join(sources),
                 reference=methods == [REFERENCE_METHOD],
+                recon_seconds=_recon_seconds(images, methods),
             )
         )
     return summaries
+
+
+def _recon_seconds(images: Sequence[ismrmrd.Image], methods: list[str]) -> float | None:
+    """The reconstruction stage's total for a series: the largest cumulative value its images carry."""
+    stages = {RECON_STAGE[m] for m in methods if m in RECON_STAGE}
+    if len(stages) != 1:
+        return None
+    (stage,) = stages
+    values = [seconds[stage] for seconds in (stage_seconds(image.meta) for image in images) if stage in seconds]
+    return max(values) if values else None
 
 
 def _meta_text(image: ismrmrd.Image, name: str) -> str:
@@ -351,6 +367,7 @@ def summary_json(summary: ReplaySummary) -> dict[str, Any]:
                 "matrix": list(s.shape),
                 "channels": s.channels,
                 "seconds": None if s.reference else round(s.seconds, 3),
+                "recon_seconds": None if s.reference or s.recon_seconds is None else round(s.recon_seconds, 3),
                 "snr_db": None if s.mean_snr_db is None else round(s.mean_snr_db, 3),
                 "ssim": None if s.mean_ssim is None else round(s.mean_ssim, 4),
             }
@@ -363,11 +380,14 @@ def summary_json(summary: ReplaySummary) -> dict[str, Any]:
 def format_summary(summary: ReplaySummary) -> Table:
     """A rich table of the output series (what the CLI prints after a replay).
 
-    ``method`` is what each series is; ``source`` the branch or gadget that sent it and ``seconds`` that
-    stream's wall time (a reference series shows ``-``: it is the fully sampled image, not a reconstruction).
+    ``method`` is what each series is; ``source`` the branch or gadget that sent it; ``recon s`` the gadget's
+    reconstruction stage and ``stream s`` that stream's wall time, gadget start to exit (a reference series
+    shows ``-``: it is the fully sampled image, not a reconstruction). The caption says which is which.
     """
     table = Table(
-        title=f"replay {summary.input.name} -> {summary.output} ({summary.images} images, {summary.seconds:.1f} s)"
+        title=f"replay {summary.input.name} -> {summary.output} ({summary.images} images, {summary.seconds:.1f} s)",
+        caption="recon s: the gadget's reconstruction of the series (its images' stage meta); stream s: the "
+        "stream's wall time, gadget start to exit (loading the model, waiting for the data, sending included)",
     )
     for column, justify in (
         ("series", "right"),
@@ -376,7 +396,8 @@ def format_summary(summary: ReplaySummary) -> Table:
         ("images", "right"),
         ("matrix x*y*z", "right"),
         ("channels", "right"),
-        ("seconds", "right"),
+        ("recon s", "right"),
+        ("stream s", "right"),
         ("SNR dB", "right"),
         ("SSIM", "right"),
     ):
@@ -389,6 +410,7 @@ def format_summary(summary: ReplaySummary) -> Table:
             str(s.count),
             "x".join(str(v) for v in s.shape),
             str(s.channels),
+            "-" if s.reference or s.recon_seconds is None else f"{s.recon_seconds:.2f}",
             "-" if s.reference else f"{s.seconds:.2f}",
             "-" if s.mean_snr_db is None else f"{s.mean_snr_db:.2f}",
             "-" if s.mean_ssim is None else f"{s.mean_ssim:.3f}",
