@@ -211,7 +211,9 @@ def replay(
     if timings:
         console.print(format_timings(summary.timings, title=f"timings of {summary.input.name} (seconds)"))
     if png is not None:
-        path = series_comparison(read_images(summary.output), png / "comparison.png")
+        name = summary.protocol.name if summary.protocol is not None else "the protocol"
+        title = f"{summary.input.name} through {name}"
+        path = series_comparison(read_images(summary.output), png / "comparison.png", title=title)
         console.print(f"wrote {len(summary.pngs)} PNGs and {path}")
     if dicom is not None:
         export(summary.output, dicom)
