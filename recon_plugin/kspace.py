@@ -29,7 +29,7 @@ from .errors import (
 )
 from .gadget_settings import RetroSettings
 from .memory import MAX_BUFFER_BYTES as _MAX_BUFFER_BYTES
-from .memory import buffer_limit
+from .memory import buffer_limit, format_size
 
 if TYPE_CHECKING:  # numerics (torch) are imported where data are assembled: reading a header stays light
     from .problem import Problem
@@ -61,7 +61,7 @@ def check_buffer_memory(nbytes: int, what: str) -> None:
     limit, why = buffer_limit()
     if nbytes > limit:
         raise MemoryLimitError(
-            f"{what} need {nbytes / 2**30:.2f} GiB, over the {limit / 2**30:.2f} GiB an exam's buffers may take "
+            f"{what} need {format_size(nbytes)}, over the {format_size(limit)} an exam's buffers may take "
             f"({why}); nothing was allocated. Reconstruct it on a machine with more memory, or raise --max-buffer / "
             "RECON_MAX_BUFFER if the memory is there"
         )

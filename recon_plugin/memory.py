@@ -52,6 +52,14 @@ def parse_size(text: str) -> int:
     return number
 
 
+def format_size(nbytes: float) -> str:
+    """``8.00 GiB``, ``512 MiB``, ``64.0 KiB``, ``100 B``: binary units, about three significant digits."""
+    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if nbytes >= size:
+            return f"{nbytes / size:.3g} {unit}" if nbytes / size < 100 else f"{nbytes / size:.0f} {unit}"
+    return f"{nbytes:.0f} B"
+
+
 def available_bytes() -> int:
     """Memory this process could still get: psutil's ``available``, lowered by a cgroup v2 limit if any."""
     available = int(psutil.virtual_memory().available)
@@ -85,7 +93,7 @@ def buffer_limit() -> tuple[int, str]:
     cap = operator_cap()
     share = int(available_bytes() * AVAILABLE_FRACTION)
     if share < cap:
-        available = share / AVAILABLE_FRACTION / 2**30
-        return share, f"{AVAILABLE_FRACTION:.0%} of the {available:.1f} GiB this machine has available"
+        available = format_size(share / AVAILABLE_FRACTION)
+        return share, f"{AVAILABLE_FRACTION:.0%} of the {available} this machine has available"
     source = "the operator's cap (--max-buffer / RECON_MAX_BUFFER)" if os.environ.get(MAX_BUFFER_ENV) else "the cap"
-    return cap, f"{source} of {cap / 2**30:.1f} GiB"
+    return cap, f"{source} of {format_size(cap)}"

@@ -54,9 +54,9 @@ def machine_with(monkeypatch):
 
 def test_limit_is_a_quarter_of_the_available_memory_or_the_operators_cap(machine_with, monkeypatch):
     machine_with(20)
-    monkeypatch.delenv(memory.MAX_BUFFER_ENV, raising=False)
+    monkeypatch.setenv(memory.MAX_BUFFER_ENV, "")  # restored (unset) at the end: a CLI run may set it
     limit, why = memory.buffer_limit()
-    assert limit == 5 * GiB and "25% of the 20.0 GiB this machine has available" in why
+    assert limit == 5 * GiB and "25% of the 20 GiB this machine has available" in why
     machine_with(1000)
     assert memory.buffer_limit()[0] == memory.MAX_BUFFER_BYTES
     monkeypatch.setenv(memory.MAX_BUFFER_ENV, "2G")
@@ -74,9 +74,9 @@ def test_available_memory_is_real():
 def test_the_8192x4096x32_header_is_refused_before_allocating(machine_with, monkeypatch):
     """8 GiB per slice on a machine with 24 GiB available (limit 6 GiB): MemoryLimitError at the first line."""
     machine_with(24)
-    monkeypatch.delenv(memory.MAX_BUFFER_ENV, raising=False)
+    monkeypatch.setenv(memory.MAX_BUFFER_ENV, "")
     assembler = Assembler(huge_header())
-    with pytest.raises(MemoryLimitError, match=r"need 8\.00 GiB, over the 6\.00 GiB .*nothing was allocated"):
+    with pytest.raises(MemoryLimitError, match=r"need 8 GiB, over the 6 GiB .*nothing was allocated"):
         assembler.add(one_line())
     check_header_memory(huge_header(8), consumers=1)  # 2 GiB for one gadget fits
     with pytest.raises(MemoryLimitError, match="for each of 4 gadgets"):
@@ -85,8 +85,9 @@ def test_the_8192x4096x32_header_is_refused_before_allocating(machine_with, monk
     check_header_memory(huge_header(), consumers=1)  # fits on a big machine (16 GiB cap)
 
 
-def test_server_refuses_the_header_before_any_gadget_starts(machine_with):
+def test_server_refuses_the_header_before_any_gadget_starts(machine_with, monkeypatch):
     machine_with(24)
+    monkeypatch.setenv(memory.MAX_BUFFER_ENV, "")
     config = protocol_text(external("recon_plugin.gadgets", "zero_filled"))
     with running() as address:
         result = stream(huge_header(), [one_line()], *address, config_xml=config, timeout=30)
@@ -94,8 +95,9 @@ def test_server_refuses_the_header_before_any_gadget_starts(machine_with):
     assert len(result.errors) == 1 and result.errors[0].startswith("MemoryLimitError"), result.errors
 
 
-def test_replay_refuses_the_header_before_any_gadget_starts(tmp_path, machine_with):
+def test_replay_refuses_the_header_before_any_gadget_starts(tmp_path, machine_with, monkeypatch):
     machine_with(24)
+    monkeypatch.setenv(memory.MAX_BUFFER_ENV, "")
     raw = tmp_path / "huge.h5"
     with ismrmrd.Dataset(raw, "dataset", create_if_needed=True) as dataset:
         dataset.write_xml_header(huge_header())
@@ -107,7 +109,7 @@ def test_replay_refuses_the_header_before_any_gadget_starts(tmp_path, machine_wi
 
 
 def test_max_buffer_option_caps_replay(tmp_path, monkeypatch):
-    monkeypatch.delenv(memory.MAX_BUFFER_ENV, raising=False)
+    monkeypatch.setenv(memory.MAX_BUFFER_ENV, "")  # the CLI sets it in this process; restored (unset) at the end
     args = ["replay", str(RAW), "--protocol", "zero_filled_retro5x", "--out", str(tmp_path / "o.h5"), "--max-buffer"]
     res = runner.invoke(app, [*args, "64K"])
     assert res.exit_code == 2 and "MemoryLimitError" in res.output and "operator's cap" in res.output, res.output
@@ -115,3 +117,14 @@ def test_max_buffer_option_caps_replay(tmp_path, monkeypatch):
     monkeypatch.setenv(memory.MAX_BUFFER_ENV, "lots")
     res = runner.invoke(app, args[:-1])
     assert res.exit_code == 2 and "RECON_MAX_BUFFER='lots'" in res.output
+
+
+def test_sizes_read_and_print_in_binary_units():
+    assert memory.parse_size("8G") == 8 * GiB and memory.parse_size("1.5K") == 1536
+    assert [memory.format_size(n) for n in (100, 65536, 1.5 * 2**20, 8 * GiB, 300 * GiB)] == [
+        "100 B",
+        "64 KiB",
+        "1.5 MiB",
+        "8 GiB",
+        "300 GiB",
+    ]

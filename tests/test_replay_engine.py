@@ -433,7 +433,7 @@ def test_hang_hits_the_timeout(raw_file: tuple[Path, list[ismrmrd.Acquisition]],
     [
         ("silent_crash", "replay_gadgets", r"exited with status 1.*RuntimeError: silent crash after the first image"),
         ("bad_message", "replay_gadgets", "illegal message id 999"),
-        ("echo_images", "no_such_gadget_module", "ModuleNotFoundError"),
+        ("echo_images", "broken_gadgets", "ModuleNotFoundError"),
         ("to_next_step", "replay_gadgets", "sent no images"),
     ],
 )

@@ -18,6 +18,7 @@ from recon_plugin.replay import check_output_path, read_images, replay_file
 ROOT = Path(__file__).resolve().parents[1]
 RAW = ROOT / "sample_data" / "raw" / "brain2d_multislice.h5"
 PROTOCOL = ROOT / "protocols" / "zero_filled_retro5x.xml"
+TESTS = Path(__file__).resolve().parent
 runner = CliRunner()
 
 
@@ -32,9 +33,11 @@ def no_gadgets(monkeypatch):
 
 
 def broken_protocol(tmp_path: Path) -> Path:
-    """A protocol whose gadget module does not exist: the replay fails once its gadget starts."""
+    """A protocol whose gadget module fails to import in the gadget process (tests/broken_gadgets.py): the targets
+    check passes, so the replay fails only once its gadget started."""
     path = tmp_path / "broken.xml"
-    path.write_text(PROTOCOL.read_text().replace('name="recon_plugin.gadgets"', 'name="no_such_gadget_module"'))
+    text = PROTOCOL.read_text().replace('name="recon_plugin.gadgets"', 'name="broken_gadgets"')
+    path.write_text(text.replace('target="zero_filled"', 'target="echo_images"'))
     assert path.read_text() != PROTOCOL.read_text()
     return path
 
@@ -99,7 +102,9 @@ def test_failed_replay_with_overwrite_leaves_no_older_file(tmp_path):
     out = tmp_path / "out.h5"
     out.write_bytes(b"an earlier, complete-looking result")
     with pytest.raises(GadgetFailedError):
-        replay_file(RAW, broken_protocol(tmp_path), out, progress=False, timeout=30, overwrite=True)
+        replay_file(
+            RAW, broken_protocol(tmp_path), out, progress=False, timeout=30, overwrite=True, extra_pythonpath=[TESTS]
+        )
     assert not out.exists() and temporaries(tmp_path) == []
 
 
