@@ -47,7 +47,6 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from scipy import ndimage
 
 from .errors import MaskSpecError
 
@@ -370,6 +369,8 @@ def _fill_largest_gaps(mask: np.ndarray, radius: np.ndarray, n_add: int) -> np.n
     mask = mask.copy()
     if n_add <= 0:
         return mask
+    from scipy import ndimage  # here: scipy.ndimage takes a third of a second to import, most masks never get here
+
     ny, nx = mask.shape
     dist = ndimage.distance_transform_edt(~mask) if mask.any() else np.full(mask.shape, np.inf)
     dist = np.minimum(dist, float(ny + nx))
