@@ -221,6 +221,37 @@ def test_init_weights_start_from_a_bundle_and_must_match(tmp_path: Path, slices_
         Trainer(make_config(slices_path, tmp_path / "e", run={"init_weights": str(tmp_path / "nowhere")}))
 
 
+def test_init_weights_unties_a_shared_bundle_into_independent_copies(tmp_path: Path, slices_path: Path) -> None:
+    """A shared-weights bundle starts an independent-weights run: every copy holds the shared network, so the
+    untied model computes exactly what the bundle does; the reverse (independent into shared) is refused."""
+    no_gan = {"lambda_gan": 0.0}
+    first = Trainer(
+        make_config(slices_path, tmp_path / "a", loss=no_gan, optim={"steps": 2}, run={"validate_every": 0})
+    )
+    first.fit()
+    bundle = tmp_path / "a" / "bundle"
+    init = {"init_weights": str(bundle)}
+    untied = Trainer(make_config(slices_path, tmp_path / "b", loss=no_gan, model={"shared": False}, run=init))
+    shared = load_bundle(bundle).model
+    copies = untied.model.config.copies
+    assert copies > 1 and len(untied.model.proximals) == copies
+    for copy in range(copies):
+        for name, value in shared.proximals[0].state_dict().items():
+            assert torch.equal(untied.model.proximals[copy].state_dict()[name], value), (copy, name)
+    x = torch.randn(1, 2, 16, 16)
+    untied.model.eval()
+    shared.eval()
+    with torch.no_grad():
+        for copy in range(copies):
+            assert torch.equal(untied.model.proximals[copy](x), shared.proximals[0](x))
+    untied.model.proximals[1].project.weight.data.add_(1.0)  # the copies are separate tensors now
+    assert not torch.equal(untied.model.proximals[0].project.weight, untied.model.proximals[1].project.weight)
+    independent = tmp_path / "b" / "bundle"
+    untied.fit()
+    with pytest.raises(CheckpointError, match="shared: bundle False, run True"):
+        Trainer(make_config(slices_path, tmp_path / "c", loss=no_gan, run={"init_weights": str(independent)}))
+
+
 def test_init_weights_path_is_relative_to_the_config_file(tmp_path: Path) -> None:
     raw = {"data": {"path": "s.npy"}, "run": {"out": "run", "init_weights": "../weights/b"}}
     cfg = config_from_dict(raw, base_dir=tmp_path / "configs")

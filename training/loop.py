@@ -192,22 +192,30 @@ class Trainer:
     # ------------------------------------------------------------------ setup helpers
     def _load_initial_weights(self, path: str) -> None:
         """Start from a bundle's weights; its architecture must be this run's ``[model]`` (the solver settings in
-        :data:`SOLVER_SETTINGS` may differ: they hold no weights)."""
+        :data:`SOLVER_SETTINGS` may differ: they hold no weights). A shared-weights bundle may also start an
+        independent-weights run: every copy starts as the shared network (untied), the same function at step 0."""
         try:
             bundle = load_bundle(path)
         except BundleError as exc:
             raise CheckpointError(f"run.init_weights: {exc}") from exc
         ours = asdict(self.config.model)
         theirs = bundle.sidecar["model"]
+        untie = bool(theirs.get("shared", True)) and not ours["shared"]
         diffs = [
             f"{k}: bundle {theirs.get(k)!r}, run {v!r}"
             for k, v in ours.items()
-            if theirs.get(k, v) != v and k not in SOLVER_SETTINGS
+            if theirs.get(k, v) != v and k not in SOLVER_SETTINGS and not (untie and k == "shared")
         ]
         if diffs:
             raise CheckpointError(f"run.init_weights {path} has another architecture: {'; '.join(diffs)}")
-        self.model.load_state_dict(bundle.model.state_dict(), strict=True)
-        log.info("initial weights from %s", path)
+        state = bundle.model.state_dict()
+        if untie:
+            shared = {k[len("proximals.0.") :]: v for k, v in state.items() if k.startswith("proximals.0.")}
+            state = {k: v for k, v in state.items() if not k.startswith("proximals.")}
+            for copy in range(self.config.model.copies):
+                state.update({f"proximals.{copy}.{k}": v.clone() for k, v in shared.items()})
+        self.model.load_state_dict(state, strict=True)
+        log.info("initial weights from %s%s", path, " (shared network untied into every copy)" if untie else "")
 
     def _bank(self) -> SimulationBank:
         d, m = self.config.data, self.config.model
