@@ -4,17 +4,13 @@ the client writes nothing), unless the operator keeps partial results (``serve -
 
 from __future__ import annotations
 
-import contextlib
-import threading
-from collections.abc import Iterator
-
 import h5py
 from test_mrd_server import RAW, external, parallel, protocol_text
+from test_server_limits import running
 from typer.testing import CliRunner
 
 from recon_plugin.cli import app
 from recon_plugin.mrd_client import stream_file
-from recon_plugin.mrd_server import MrdServer
 
 runner = CliRunner()
 #: One branch crashes at its third acquisition; the other sends 50 images once its input ended.
@@ -23,30 +19,15 @@ FAILING = protocol_text(
 )
 
 
-@contextlib.contextmanager
-def running(**settings) -> Iterator[tuple[str, int]]:
-    server = MrdServer(port=0, idle_timeout=20.0, allowed_modules=("server_gadgets",), **settings)
-    address = server.bind()
-    stop = threading.Event()
-    thread = threading.Thread(target=server.serve_forever, kwargs={"stop": stop}, daemon=True)
-    thread.start()
-    try:
-        yield address
-    finally:
-        stop.set()
-        thread.join(20)
-        assert not thread.is_alive()
-
-
 def test_a_failing_branch_stops_the_others_by_default():
-    with running() as (host, port):
+    with running(idle_timeout=20.0) as (host, port):
         result = stream_file(RAW, host, port, config_xml=FAILING, timeout=30)
     assert result.closed and result.images == []  # slow_images was stopped: nothing of a failed exam goes out
     assert len(result.errors) == 1 and "server_gadgets.boom" in result.errors[0]
 
 
 def test_keep_partial_lets_the_other_branches_finish():
-    with running(keep_partial=True) as (host, port):
+    with running(idle_timeout=20.0, keep_partial=True) as (host, port):
         result = stream_file(RAW, host, port, config_xml=FAILING, timeout=30)
     assert result.closed and len(result.images) == 50
     assert len(result.errors) == 1 and "server_gadgets.boom" in result.errors[0]
@@ -57,7 +38,7 @@ def test_client_writes_nothing_of_a_failed_stream_unless_keep_partial(tmp_path):
     config.write_text(FAILING)
     out = tmp_path / "out.h5"
     common = ["client", str(RAW), "--port", "0", "--config-file", str(config), "--out", str(out), "-G", "run1"]
-    with running(keep_partial=True) as (host, port):
+    with running(idle_timeout=20.0, keep_partial=True) as (host, port):
         common[3] = str(port)
         plain = runner.invoke(app, [*common, "--host", host, "--timeout", "30"])
         assert plain.exit_code == 2, plain.output

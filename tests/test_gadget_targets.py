@@ -3,16 +3,15 @@ and serve check every ``<execute>`` target (and the project gadgets' properties)
 
 from __future__ import annotations
 
-import contextlib
 import re
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from test_mrd_server import RAW, external, parallel, protocol_text
+from test_server_limits import running
 from typer.testing import CliRunner
 
 from recon_plugin import mrd_server
@@ -20,7 +19,6 @@ from recon_plugin.cli import app
 from recon_plugin.errors import ProtocolError
 from recon_plugin.gadget_targets import PROJECT_TARGETS, check_protocol, check_target, module_targets
 from recon_plugin.mrd_client import stream_file
-from recon_plugin.mrd_server import MrdServer
 from recon_plugin.replay import ExternalStep, replay_file
 from recon_plugin.replay.protocol import load_protocol
 
@@ -50,21 +48,6 @@ def marker_module(tmp_path, monkeypatch) -> tuple[str, Path]:
     sys.modules.pop(name, None)
 
 
-@contextlib.contextmanager
-def running(**settings) -> Iterator[tuple[str, int]]:
-    server = MrdServer(port=0, idle_timeout=10.0, **settings)
-    address = server.bind()
-    stop = threading.Event()
-    thread = threading.Thread(target=server.serve_forever, kwargs={"stop": stop}, daemon=True)
-    thread.start()
-    try:
-        yield address
-    finally:
-        stop.set()
-        thread.join(20)
-        assert not thread.is_alive()
-
-
 def test_project_targets_are_the_gadget_functions():
     """The allowlist is what recon_plugin.gadgets defines (read from its source, not hand-kept)."""
     assert module_targets("recon_plugin.gadgets") >= PROJECT_TARGETS
@@ -84,7 +67,7 @@ def test_project_targets_are_the_gadget_functions():
     ],
 )
 def test_server_refuses_foreign_and_unknown_targets(module, target, message):
-    with running() as (host, port):
+    with running(idle_timeout=10.0) as (host, port):
         result = stream_file(RAW, host, port, config_xml=protocol_text(external(module, target)), timeout=30)
     assert not result.images
     assert len(result.errors) == 1 and result.errors[0].startswith("ProtocolError")
@@ -94,11 +77,11 @@ def test_server_refuses_foreign_and_unknown_targets(module, target, message):
 def test_server_refuses_before_importing_and_allow_module_lets_it_run(marker_module):
     name, marker = marker_module
     config = protocol_text(external(name, "echo"))
-    with running() as (host, port):
+    with running(idle_timeout=10.0) as (host, port):
         refused = stream_file(RAW, host, port, config_xml=config, timeout=30)
     assert refused.errors and "--allow-module " + name in refused.errors[0]
     assert not marker.exists() and name not in sys.modules  # never imported
-    with running(allowed_modules=(name,)) as (host, port):
+    with running(idle_timeout=10.0, allowed_modules=(name,)) as (host, port):
         missing = stream_file(RAW, host, port, config_xml=protocol_text(external(name, "ehco")), timeout=30)
         assert (
             missing.errors and "unknown target 'ehco'" in missing.errors[0] and "did you mean echo" in missing.errors[0]
@@ -116,7 +99,7 @@ def test_server_checks_every_branch_and_property_before_any_gadget_starts():
         )
     )
     started = []
-    with running() as (host, port):
+    with running(idle_timeout=10.0) as (host, port):
         before = {t.name for t in threading.enumerate()}
         result = stream_file(RAW, host, port, config_xml=config, timeout=30)
         started = [t for t in threading.enumerate() if t.name.startswith("mrd-gadget-") and t.name not in before]

@@ -66,7 +66,8 @@ def raw():
 @contextlib.contextmanager
 def running(**settings) -> Iterator[tuple[str, int]]:
     """An :class:`MrdServer` on an ephemeral loopback port in a thread; stopped (and checked stopped) at the end."""
-    server = MrdServer(port=0, allowed_modules=("server_gadgets",), **settings)
+    settings.setdefault("allowed_modules", ("server_gadgets",))
+    server = MrdServer(port=0, **settings)
     address = server.bind()
     stop = threading.Event()
     thread = threading.Thread(target=server.serve_forever, kwargs={"stop": stop}, daemon=True)
