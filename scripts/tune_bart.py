@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Tune the lambdas of the BART CS baselines (CS-Wavelet, CS-TV) on real data at 5x.
 
-    python scripts/tune_bart.py /work/shared/data --out out/bart_tuning
+    python scripts/tune_bart.py ../shared/data --out out/bart_tuning
 
 Problems: 5x radial view-ordered masks (one seed per slice) on
 (a) "multi": the fully sampled multi-coil brain slices in multicoil_kspace/

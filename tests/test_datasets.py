@@ -9,6 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from conftest import SHARED_DATA
 from PIL import Image
 from raw_helpers import tiny_2d, tiny_3d
 
@@ -29,7 +30,7 @@ from training.datasets import (
     siat_blocks,
 )
 
-SIAT = Path("/work/shared/data/siat_brain_complex/images_lsq001-160.npy")
+SIAT = SHARED_DATA / "siat_brain_complex" / "images_lsq001-160.npy"
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -121,7 +122,7 @@ def test_siat_blocks_split_by_block() -> None:
         siat_blocks(train=(1, 2), val=(2,))
 
 
-@pytest.mark.skipif(not SIAT.is_file(), reason="shared SIAT data not present (/work/shared/data)")
+@pytest.mark.skipif(not SIAT.is_file(), reason="shared SIAT data not present (../shared/data)")
 def test_siat_real_data_validation_split() -> None:
     ds = ImageArraySlices(SIAT, slices=siat_blocks().val, crop=128, seed=0)
     batch = ds.sample(2)

@@ -30,6 +30,7 @@ and the reference is the fully sampled k-space combined with them. Slice ``i`` o
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,6 +94,11 @@ class EvalData:
     def select(self, spec: str | None) -> list[SourceSlice]:
         """The slices of ``START:STOP`` (either end may be empty; None = all), loaded and validated."""
         return [self.load(i) for i in parse_slices(spec, len(self.labels), self.path)]
+
+
+def portable_path(path: str | Path) -> str:
+    """``path`` relative to the working directory (``../shared/data/...``), so a report names no machine's folders."""
+    return Path(os.path.relpath(Path(path).resolve())).as_posix()
 
 
 def parse_slices(spec: str | None, count: int, where: Path | str = "the data") -> range:
@@ -453,7 +459,7 @@ def run_eval(
     multi = getattr(rgancs, "multi", rgancs)
     single = getattr(rgancs, "single", None)
     settings = {
-        "data": str(Path(data).resolve()),
+        "data": portable_path(data),
         "kind": source.kind,
         "slices": [c.name for c in cases],
         "family": masks[0].family,
@@ -467,8 +473,8 @@ def run_eval(
         "iterations": iterations,
         "methods": method_names,
         "device": device,
-        "bundle": str(multi.bundle.path.resolve()) if multi is not None else None,
+        "bundle": portable_path(multi.bundle.path) if multi is not None else None,
         "bundle_sha256": multi.bundle.sha256 if multi is not None else None,
-        "single_coil_bundle": str(single.bundle.path.resolve()) if single is not None else None,
+        "single_coil_bundle": portable_path(single.bundle.path) if single is not None else None,
     }
     return EvalReport(rows, method_means(rows), settings)
