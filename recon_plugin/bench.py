@@ -346,6 +346,8 @@ def default_paths(device: torch.device, quick: bool) -> list[str]:
         paths.append("bf16+channels_last+compile+cuda_graphs")
     else:
         paths = ["fp32", "channels_last", "compile"]
+        if torch.backends.mkldnn.is_available():
+            paths.insert(2, "mkldnn")
         if cpu_has_native_bf16():
             paths[1:1] = ["bf16", "bf16+channels_last"]
     return paths

@@ -131,6 +131,7 @@ def test_cpu_bf16_paths_only_where_the_cpu_has_native_bf16(monkeypatch: pytest.M
     assert any("bf16" in p for p in full) == native
     assert ("bf16" in bench.default_fast_path(cpu).name) == native
     assert all("bf16" not in p for p in bench.default_paths(cpu, quick=True)) or native
+    assert ("mkldnn" in full) == torch.backends.mkldnn.is_available()  # the AVX2 default is timed in full runs
 
 
 def test_cli_rejects_a_bad_case() -> None:

@@ -10,8 +10,15 @@ from recon_plugin.errors import FastPathError
 from recon_plugin.masks import make_mask
 from recon_plugin.metrics import snr_db
 from recon_plugin.model import load_bundle
+from recon_plugin.model.proximal import ResNetProximal
 from recon_plugin.reconstructors import RGANCS
-from recon_plugin.reconstructors.fast_paths import SNR_TOLERANCE_DB, FastModel, FastPath, default_fast_path
+from recon_plugin.reconstructors.fast_paths import (
+    SNR_TOLERANCE_DB,
+    FastModel,
+    FastPath,
+    MkldnnProximal,
+    default_fast_path,
+)
 from recon_plugin.sample_data import DEMO_BUNDLE, load_colin_slices
 from recon_plugin.simulate import simulate_problem, with_smooth_phase
 
@@ -52,6 +59,39 @@ def test_parse_names_and_defaults() -> None:
         FastPath.parse("cuda_graphs", CPU)
     with pytest.raises(FastPathError):
         RGANCS(DEMO_BUNDLE, device="cpu", fast_path="turbo")
+    with pytest.raises(FastPathError, match="mkldnn is a path of its own"):
+        FastPath.parse("mkldnn+bf16", CPU)
+    with pytest.raises(FastPathError, match="mkldnn needs a CPU"):
+        FastPath.parse("mkldnn", torch.device("cuda"))
+
+
+def test_cpu_default_follows_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    from recon_plugin.reconstructors import fast_paths
+
+    monkeypatch.setattr(fast_paths, "cpu_has_native_bf16", lambda: True)
+    assert default_fast_path(CPU).name == "bf16+channels_last"
+    monkeypatch.setattr(fast_paths, "cpu_has_native_bf16", lambda: False)
+    assert default_fast_path(CPU).name == "mkldnn"  # oneDNN's blocked fp32 convolutions where bf16 is emulated
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
+    assert default_fast_path(CPU).name == "fp32"
+
+
+@pytest.mark.parametrize("norm", ["batch", "instance", "none"])
+def test_mkldnn_proximal_matches_the_dense_one(norm: str) -> None:
+    torch.manual_seed(0)
+    proximal = ResNetProximal(2, 16, 2, "linear", True, norm)
+    for m in proximal.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):  # statistics that are not the identity
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+    torch.nn.init.normal_(proximal.head[-1].weight)
+    proximal.eval()
+    x = torch.randn(2, 2, 96, 130)  # odd-sized batch of two: no layout assumption on the matrix
+    with torch.inference_mode():
+        dense, blocked = proximal(x), MkldnnProximal(proximal)(x)
+    assert not blocked.is_mkldnn and blocked.shape == dense.shape
+    assert torch.allclose(blocked, dense, atol=1e-5, rtol=1e-5)
+    assert dense.abs().max() > 1  # the check compares real outputs, not zeros
 
 
 def test_fast_model_leaves_the_bundle_model_alone() -> None:
@@ -75,7 +115,7 @@ def test_bf16_runs_the_network_in_bf16_and_dc_in_complex64(problems: list) -> No
     assert x.dtype == torch.complex64
 
 
-@pytest.mark.parametrize("path", ["bf16", "channels_last", "bf16+channels_last"])
+@pytest.mark.parametrize("path", ["bf16", "channels_last", "bf16+channels_last", "mkldnn"])
 def test_cpu_fast_paths_match_fp32(problems: list, path: str) -> None:
     gap, base = _snr_gap(problems, path, "cpu")
     assert min(base) > 15  # the demo bundle does reconstruct these slices
