@@ -41,11 +41,14 @@ CHECKOUT_ONLY = (
 WEIGHTS_DIR = packaged_dir("weights", SAMPLE_DIR / "weights")
 #: The shipped Gadgetron protocols: ``recon_plugin/protocols`` in a wheel install, ``protocols`` in a checkout.
 PROTOCOLS_DIR = packaged_dir("protocols", _CHECKOUT / "protocols")
-#: The shipped default for multi-coil slices (docs/model_study.md): 10x1x32 shared with cg data consistency, the
-#: latest bundle of the campaign campaigns/cg_10x1x32_mc (scanner-like data, 1-32 coils, both SIAT sets). The
-#: gadgets, ``recon-plugin demo``, ``recon-plugin bench`` and ``recon-train eval`` load it.
-DEFAULT_BUNDLE = WEIGHTS_DIR / "rgancs_cg_10x1x32_mc"
-#: The same model fine-tuned with the paper's LSGAN term (campaigns/cg_10x1x32_mc_gan); its card says how it compares.
+#: The shipped default for multi-coil slices (docs/model_study.md): 10x1x32 with cg data consistency and one
+#: proximal per copy (independent weights), the latest bundle of the campaign campaigns/cg_10x1x32i_mc_untied
+#: (stage 1's shared weights untied and trained on; scanner-like data, 1-32 coils, both SIAT sets). The gadgets,
+#: ``recon-plugin demo``, ``recon-plugin bench`` and ``recon-train eval`` load it.
+DEFAULT_BUNDLE = WEIGHTS_DIR / "rgancs_cg_10x1x32i_mc"
+#: The campaign's stage 1 (shared weights, campaigns/cg_10x1x32_mc, step 398): the default before the untied stage.
+CAMPAIGN_STAGE1_BUNDLE = WEIGHTS_DIR / "rgancs_cg_10x1x32_mc"
+#: Stage 1 fine-tuned with the paper's LSGAN term (campaigns/cg_10x1x32_mc_gan); its card says how it compares.
 GAN_BUNDLE = WEIGHTS_DIR / "rgancs_cg_10x1x32_mc_gan"
 #: The default before the campaign (1000 steps on SIAT slices 1-140, 4-12 coils): kept for comparison.
 PREVIOUS_MULTICOIL_BUNDLE = WEIGHTS_DIR / "rgancs_cg_10x1x32_multicoil"
