@@ -83,7 +83,10 @@ class ResNetProximal(nn.Module):
             raise ValueError(f"unknown output activation {output_activation!r}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.head(self.blocks(self.project(x)))
+        return self.finish(self.head(self.blocks(self.project(x))), x)
+
+    def finish(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The head's output ``out`` for input ``x`` -> G(x): the global skip, then the output activation."""
         if self.global_skip:
             out = out + x
         if self.output_activation == "sigmoid":

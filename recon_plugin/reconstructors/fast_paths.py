@@ -134,8 +134,7 @@ class MkldnnProximal(torch.nn.Module):
                 if isinstance(child, torch.nn.InstanceNorm2d):
                     setattr(block, name, _DenseStep(child))
         self.body = mkldnn.to_mkldnn(body)
-        self.global_skip = proximal.global_skip
-        self.output_activation = proximal.output_activation
+        self.finish = proximal.finish  # the global skip and output activation, shared with the dense proximal
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         project, blocks, head = self.body
@@ -145,14 +144,7 @@ class MkldnnProximal(torch.nn.Module):
             h = block.conv2(torch.relu_(block.bn2(r))).add_(h)
         for layer in head:
             h = torch.relu_(h) if isinstance(layer, torch.nn.ReLU) else layer(h)
-        out = h.to_dense()
-        if self.global_skip:
-            out = out + x
-        if self.output_activation == "sigmoid":
-            return torch.sigmoid(out)
-        if self.output_activation == "tanh":
-            return torch.tanh(out)
-        return out
+        return self.finish(h.to_dense(), x)
 
 
 class FastModel:
