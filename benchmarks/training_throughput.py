@@ -3,7 +3,8 @@
 Usage::
 
     python benchmarks/training_throughput.py --config configs/multicoil/cg_10x1x32_cpu.toml [--steps 12]
-        [--warmup 4] [--reuse 4] [--bank-batches 8] [--stages inline,fused,bank] [--json FILE]
+        [--warmup 4] [--reuse 4] [--bank-batches 8] [--nice 10] [--stages inline,fused,bank,nice] [--json FILE]
+        [--profile N]
 
 Every stage trains the same model on the same configuration (data, crops, coils, masks); each adds one change:
 
@@ -12,17 +13,21 @@ Every stage trains the same model on the same configuration (data, crops, coils,
   initial image is now computed without a graph in every stage, so this baseline is slightly faster than the
   old code: the ratios are conservative);
 * ``fused``: the fused A^H A node and no work for zero-weight terms;
-* ``bank``: batches from the simulation bank (one producer process, each batch used ``--reuse`` times).
+* ``bank``: batches from the simulation bank (one producer process, each batch used ``--reuse`` times);
+* ``nice``: the bank's producer niced by ``--nice`` (``[data] bank_nice``), so that it yields the cores to the
+  step's threads and simulates while the step waits.
 
 Precision follows ``run.bf16 = "auto"`` (bf16 only on CUDA or a CPU with native bf16; ``--bf16 on|off`` forces
 it). A stage's figure is the wall time of ``--steps`` steps after ``--warmup`` steps (the bank's start-up fill
 is in the warm-up), so waiting for the producer counts. Run it on an otherwise idle machine: stages are timed
-one after the other, and other jobs on the cores change the figures several-fold.
+one after the other, and other jobs on the cores change the figures several-fold. ``--profile N`` runs the timed
+steps under the torch profiler (which slows them) and prints the N operators with the most self CPU time.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import re
@@ -37,7 +42,7 @@ from recon_plugin.physics import SenseOperator
 from training.config import load_config
 from training.loop import Trainer
 
-STAGES = ("inline", "fused", "bank")
+STAGES = ("inline", "fused", "bank", "nice")
 
 
 def _unfused_normal(self: SenseOperator, x: torch.Tensor) -> torch.Tensor:
@@ -49,8 +54,9 @@ def run_stage(stage: str, args: argparse.Namespace, out: Path) -> dict[str, Any]
     cfg = load_config(args.config)
     cfg.run.out, cfg.run.progress, cfg.run.init_weights = str(out), False, ""
     cfg.run.bf16 = {"auto": "auto", "on": True, "off": False}[args.bf16]
-    cfg.data.bank_batches = args.bank_batches if stage == "bank" else 0
+    cfg.data.bank_batches = args.bank_batches if stage in ("bank", "nice") else 0
     cfg.data.bank_reuse, cfg.data.bank_workers = args.reuse, 1
+    cfg.data.bank_nice = args.nice if stage == "nice" else 0
     cfg.data.val_range = [cfg.data.val_range[0], cfg.data.val_range[0] + 1] if cfg.data.val_range else None
     original = SenseOperator.normal
     if stage == "inline":
@@ -60,10 +66,16 @@ def run_stage(stage: str, args: argparse.Namespace, out: Path) -> dict[str, Any]
         trainer = Trainer(cfg)
         for _ in range(args.warmup):
             trainer.train_step()
+        profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) if args.profile else None
         start = time.perf_counter()
-        for _ in range(args.steps):
-            trainer.train_step()
+        with profiler or contextlib.nullcontext():
+            for _ in range(args.steps):
+                trainer.train_step()
         seconds = time.perf_counter() - start
+        if profiler is not None:
+            table = profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.profile)
+            print(f"--- {stage}: the {args.profile} operators with the most self CPU time over {args.steps} steps")
+            print(table, flush=True)
     finally:
         SenseOperator.normal = original  # type: ignore[method-assign]
         if "trainer" in locals() and trainer.bank is not None:
@@ -85,9 +97,13 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=4)
     parser.add_argument("--reuse", type=int, default=4)
     parser.add_argument("--bank-batches", type=int, default=8)
+    parser.add_argument("--nice", type=int, default=10, help="the nice stage's producer niceness (data.bank_nice)")
     parser.add_argument("--bf16", choices=("auto", "on", "off"), default="auto")
     parser.add_argument("--stages", default=",".join(STAGES))
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--profile", type=int, default=0, metavar="N", help="also print each stage's N costliest operators (profiled)"
+    )
     parser.add_argument("--markdown", type=Path, help="put the table into this file's training-throughput block")
     args = parser.parse_args()
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
@@ -116,7 +132,7 @@ def markdown_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     first = rows[0]["examples_per_hour"]
     lines = [
         f"`python benchmarks/training_throughput.py --config {args.config} --steps {args.steps} --warmup "
-        f"{args.warmup} --reuse {args.reuse} --bank-batches {args.bank_batches}` on {cpu_name()} "
+        f"{args.warmup} --reuse {args.reuse} --bank-batches {args.bank_batches} --nice {args.nice}` on {cpu_name()} "
         f"({rows[0]['threads']} torch threads, bf16 {'on' if rows[0]['bf16'] else 'off'}):",
         "",
         "| stage | s/step | examples/h | vs inline |",

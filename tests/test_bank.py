@@ -3,6 +3,7 @@ processes giving the same batches as the training process, and a Trainer on the 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -148,10 +149,12 @@ def test_augmentation_commutes_with_the_sense_model(slices_path: Path, tmp_path:
 
 def test_producer_process_gives_the_same_batches(slices_path: Path, tmp_path: Path) -> None:
     local = make_bank(slices_path, tmp_path)
-    remote = make_bank(slices_path, tmp_path, workers=1)
+    remote = make_bank(slices_path, tmp_path, workers=1, nice=3)
     try:
         for step in range(4):
             assert same_batch(remote.batch(step), local.batch(step))
+        assert remote._pool is not None  # the producer runs niced, this process does not
+        assert remote._pool.submit(os.nice, 0).result() == min(19, os.nice(0) + 3)
     finally:
         remote.close()
 

@@ -117,6 +117,7 @@ def base(tmp_path: Path, **data: object) -> dict:
         ({"bank_batches": -1}, {}, "[data].bank_batches"),
         ({"bank_reuse": 0}, {}, "[data].bank_reuse"),
         ({"bank_workers": -2}, {}, "[data].bank_workers"),
+        ({"bank_nice": 20}, {}, "[data].bank_nice"),
         ({"sizes": [8, 32]}, {}, "[data].sizes"),
         ({"sizes": []}, {}, "[data].sizes"),
         ({"real_val_names": ["a"]}, {}, "[data].real_val_names"),

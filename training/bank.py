@@ -84,8 +84,10 @@ def simulate_batch(
 _WORKER: dict[str, Any] = {}
 
 
-def _worker_init(config: dict[str, Any], seed_offset: int, threads: int) -> None:
+def _worker_init(config: dict[str, Any], seed_offset: int, threads: int, nice: int = 0) -> None:
     """Build the training source once per producer process (its own copy of the slices)."""
+    if nice:
+        os.nice(nice)  # the BART subprocesses it starts inherit it
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     torch.set_num_threads(threads)
     from .config import config_from_dict
@@ -115,6 +117,7 @@ class SimulationBank:
         batches: int,
         reuse: int,
         workers: int = 1,
+        nice: int = 0,
         init_iterations: int = 0,
         seed_offset: int = 0,
         augment: bool = True,
@@ -132,7 +135,7 @@ class SimulationBank:
                 max_workers=workers,
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=_worker_init,
-                initargs=(config, seed_offset, threads),
+                initargs=(config, seed_offset, threads, nice),
             )
         #: Batch ids used by the latest steps (for logs and tests).
         self.last_id = -1

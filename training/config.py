@@ -100,6 +100,8 @@ class DataConfig:
     bank_reuse: int = 4
     #: Producer processes simulating batches for the bank (0 = in this process, on demand).
     bank_workers: int = 1
+    #: Niceness added to the producer processes (0-19): they yield the cores to the training step's threads.
+    bank_nice: int = 0
     #: Real fully sampled multi-coil k-space validated on during training (a folder of *_kspace.npy).
     real_val_path: str = ""
     real_val_names: list[str] | None = None
@@ -163,6 +165,8 @@ class DataConfig:
         for key, minimum in (("bank_batches", 0), ("bank_reuse", 1), ("bank_workers", 0)):
             if getattr(self, key) < minimum:
                 raise _fail(s, key, f"must be >= {minimum}, got {getattr(self, key)}")
+        if not 0 <= self.bank_nice <= 19:
+            raise _fail(s, "bank_nice", f"must be in 0-19 (a process niceness increment), got {self.bank_nice}")
         if self.bank_batches and self.kind != "images":
             raise _fail(s, "bank_batches", 'the simulation bank is for kind = "images" (simulated k-space)')
         if self.sizes is not None:

@@ -114,7 +114,8 @@ def resolve_bf16(setting: bool | str, device: torch.device) -> bool:
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
     """The parts of a config that must match for a resume (run settings and data path may change)."""
     out = {k: dict(v) for k, v in config.items() if k in ("model", "data", "loss", "optim")}
-    for key in ("path", "paths", "val_path", "coil_kspace", "real_val_path", "bank_workers"):  # where, not what
+    where = ("path", "paths", "val_path", "coil_kspace", "real_val_path", "bank_workers", "bank_nice")
+    for key in where:  # where and how, not what
         out["data"].pop(key, None)
     if out["optim"].get("schedule") == "none":
         out["optim"].pop("steps", None)
@@ -227,6 +228,7 @@ class Trainer:
             batches=d.bank_batches,
             reuse=d.bank_reuse,
             workers=d.bank_workers,
+            nice=d.bank_nice,
             init_iterations=m.init_iterations if m.init == "cg_sense" else 0,
             seed_offset=self.dist.rank,
         )
