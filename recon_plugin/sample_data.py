@@ -48,8 +48,8 @@ PROTOCOLS_DIR = packaged_dir("protocols", _CHECKOUT / "protocols")
 DEFAULT_BUNDLE = WEIGHTS_DIR / "rgancs_cg_10x1x32i_mc"
 #: The campaign's stage 1 (shared weights, campaigns/cg_10x1x32_mc, step 398): the default before the untied stage.
 CAMPAIGN_STAGE1_BUNDLE = WEIGHTS_DIR / "rgancs_cg_10x1x32_mc"
-#: Stage 1 fine-tuned with the paper's LSGAN term (campaigns/cg_10x1x32_mc_gan); its card says how it compares.
-GAN_BUNDLE = WEIGHTS_DIR / "rgancs_cg_10x1x32_mc_gan"
+#: The default fine-tuned with the paper's LSGAN term (campaigns/cg_10x1x32i_mc_gan); its card says how it compares.
+GAN_BUNDLE = WEIGHTS_DIR / "rgancs_cg_10x1x32i_mc_gan"
 #: The default before the campaign (1000 steps on SIAT slices 1-140, 4-12 coils): kept for comparison.
 PREVIOUS_MULTICOIL_BUNDLE = WEIGHTS_DIR / "rgancs_cg_10x1x32_multicoil"
 #: Default bundle per device type. The same model on both: no GPU-trained model beats it yet (docs/model_study.md).
