@@ -28,14 +28,14 @@ def main() -> None:
     parser.add_argument("bundle", type=Path)
     parser.add_argument("--cg", default="2,3,4,5,6,8", help="comma-separated CG steps per copy")
     parser.add_argument("--data", default="../shared/data/multicoil_kspace")
-    parser.add_argument("--percentile", type=float, default=99.0)
     args = parser.parse_args()
     cases = real_validation_cases(DataConfig(real_val_path=args.data))
     bundle = load_bundle(args.bundle)
+    percentile = float(bundle.normalisation.get("percentile", 99.0))  # as the RGANCS reconstructor scales inputs
     print("cg_steps real_snr_db real_ssim")
     for steps in (int(v) for v in args.cg.split(",")):
         bundle.model.config = dataclasses.replace(bundle.model.config, cg_iterations=steps)
-        result = validate_real(bundle.model, cases, args.percentile, torch.device("cpu"))
+        result = validate_real(bundle.model, cases, percentile, torch.device("cpu"))
         print(f"{steps} {result['real_snr_db']:.2f} {result['real_ssim']:.4f}", flush=True)
 
 
