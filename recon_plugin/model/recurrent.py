@@ -44,6 +44,7 @@ class ModelConfig:
     init_iterations: int = 10
     global_skip: bool = False
     norm: Norm = "batch"
+    output_gain: bool = False
 
     def __post_init__(self) -> None:
         for f in fields(self):  # a sidecar is JSON: "32" or 32.0 where an int belongs is an error, not a guess
@@ -92,6 +93,8 @@ class RecurrentProximalNet(nn.Module):
     on (A^H A + lambda_k I), with lambda_k > 0 learned per copy (stored as its logarithm), which
     inverts a multi-coil SENSE operator where one gradient step cannot.
     ``init``: x_0 = A^H y ("adjoint") or ``init_iterations`` steps of CG-SENSE ("cg_sense").
+    ``output_gain``: scale x_K by the real gain that best fits the measured samples (:func:`data_gain`); it has
+    no weights, and corrects the network's overall shrinkage of the image's intensity.
     """
 
     def __init__(self, config: ModelConfig | None = None, **overrides: object) -> None:
@@ -150,6 +153,9 @@ class RecurrentProximalNet(nn.Module):
                     raise TypeError(f"{type(op).__name__} has no exact data consistency; use 'gradient'")
                 x = replace(z, y)
             outputs.append(x)
+        if c.output_gain:
+            x = data_gain(x, y, op) * x
+            outputs[-1] = x
         return x, outputs
 
     def _require(self, op: object, method: str) -> Callable[..., torch.Tensor]:
@@ -160,3 +166,19 @@ class RecurrentProximalNet(nn.Module):
                 f"{self.config.init!r} data consistency"
             )
         return fn
+
+
+def data_gain(x: torch.Tensor, y: torch.Tensor, op: ForwardModel) -> torch.Tensor:
+    """Per slice, the real c minimising ||c A x - y||^2 over the measured samples: Re<A x, y> / ||A x||^2, shaped
+    to broadcast over ``x``. One scalar fitted to every sample of a slice, so noise hardly moves it; 1 where
+    A x is zero or the fit is not finite."""
+    forward = getattr(op, "forward", None)
+    if forward is None:
+        raise TypeError(f"{type(op).__name__} has no forward; it cannot fit an output gain")
+    ax = forward(x)
+    dims = tuple(range(1, ax.ndim))
+    num = (ax.conj() * y).real.sum(dims) if ax.is_complex() else (ax * y).sum(dims)
+    den = (ax.abs() ** 2).sum(dims)
+    gain = num / den
+    gain = torch.where(torch.isfinite(gain) & (den > 0), gain, torch.ones_like(gain))
+    return gain.reshape(-1, *([1] * (x.ndim - 1))).to(x.real.dtype if x.is_complex() else x.dtype)
