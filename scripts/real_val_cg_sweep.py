@@ -1,8 +1,9 @@
-"""Real-data validation of a bundle at several CG steps per copy (an inference-time solver setting).
+"""Real-data validation of a bundle at several CG steps per copy, with and without the output gain (inference-time
+settings without weights).
 
 Usage::
 
-    python scripts/real_val_cg_sweep.py sample_data/weights/rgancs_cg_10x1x32i_mc --cg 2,3,4,5,6,8
+    python scripts/real_val_cg_sweep.py sample_data/weights/rgancs_cg_10x1x32i_mc --cg 2,3,4,5,6,8 [--gain off,on]
         [--data ../shared/data/multicoil_kspace]
 
 The cases are those of training's real-data validation (``training.real_validation``: the real brains at radial
@@ -27,16 +28,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("bundle", type=Path)
     parser.add_argument("--cg", default="2,3,4,5,6,8", help="comma-separated CG steps per copy")
+    parser.add_argument("--gain", default="", help="off, on or off,on: the output gain (default: the bundle's)")
     parser.add_argument("--data", default="../shared/data/multicoil_kspace")
     args = parser.parse_args()
     cases = real_validation_cases(DataConfig(real_val_path=args.data))
     bundle = load_bundle(args.bundle)
     percentile = float(bundle.normalisation.get("percentile", 99.0))  # as the RGANCS reconstructor scales inputs
-    print("cg_steps real_snr_db real_ssim")
+    if not set(filter(None, args.gain.split(","))) <= {"off", "on"}:
+        parser.error(f"--gain {args.gain!r}: off, on or off,on")
+    gains = [v == "on" for v in args.gain.split(",") if v] or [bundle.model.config.output_gain]
+    print("cg_steps output_gain real_snr_db real_ssim")
     for steps in (int(v) for v in args.cg.split(",")):
-        bundle.model.config = dataclasses.replace(bundle.model.config, cg_iterations=steps)
-        result = validate_real(bundle.model, cases, percentile, torch.device("cpu"))
-        print(f"{steps} {result['real_snr_db']:.2f} {result['real_ssim']:.4f}", flush=True)
+        for gain in gains:
+            bundle.model.config = dataclasses.replace(bundle.model.config, cg_iterations=steps, output_gain=gain)
+            result = validate_real(bundle.model, cases, percentile, torch.device("cpu"))
+            snr, ssim = result["real_snr_db"], result["real_ssim"]
+            print(f"{steps} {'on' if gain else 'off'} {snr:.2f} {ssim:.4f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -212,9 +212,15 @@ def test_init_weights_start_from_a_bundle_and_must_match(tmp_path: Path, slices_
     assert any(not torch.equal(v, want[k]) for k, v in fresh.model.state_dict().items())
     assert tuned.step == 0  # a new run: step, optimiser and schedule start afresh
     solver = Trainer(
-        make_config(slices_path, tmp_path / "f", model={"cg_iterations": 5}, run={"init_weights": str(bundle)})
+        make_config(
+            slices_path,
+            tmp_path / "f",
+            model={"cg_iterations": 5, "output_gain": True},
+            run={"init_weights": str(bundle)},
+        )
     )
     assert solver.model.config.cg_iterations == 5  # solver settings hold no weights: they may change
+    assert solver.model.config.output_gain is True
     with pytest.raises(CheckpointError, match="features: bundle 8, run 4"):
         Trainer(make_config(slices_path, tmp_path / "d", model={"features": 4}, run={"init_weights": str(bundle)}))
     with pytest.raises(CheckpointError, match=r"run\.init_weights: no model bundle"):

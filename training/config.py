@@ -356,6 +356,7 @@ _MODEL_KEYS = (
     "init_iterations",
     "global_skip",
     "norm",
+    "output_gain",
 )
 
 

@@ -63,7 +63,7 @@ from .sources import build_sources
 log = logging.getLogger(__name__)
 
 #: Model settings without weights of their own: a fine-tuning run (``run.init_weights``) may change them.
-SOLVER_SETTINGS = frozenset({"cg_iterations", "init_iterations", "cg_lambda"})
+SOLVER_SETTINGS = frozenset({"cg_iterations", "init_iterations", "cg_lambda", "output_gain"})
 
 CSV_NAME = "log.csv"
 CSV_FIELDS = (
