@@ -14,6 +14,7 @@ from recon_plugin.model import ModelConfig, RecurrentProximalNet, load_bundle, s
 from recon_plugin.model.recurrent import data_gain
 from recon_plugin.physics import SenseOperator
 from recon_plugin.simulate import birdcage_coil_maps
+from training.model_card import write_model_card
 
 
 def sense_problem(rng: np.random.Generator, coils: int = 4, batch: int = 2, shape=(32, 24)):
@@ -74,6 +75,8 @@ def test_bundles_without_the_field_load_without_the_gain(tmp_path):
     net = RecurrentProximalNet(copies=1, blocks=1, features=4, data_consistency="cg", output_gain=True)
     save_bundle(net, tmp_path / "b", mask={"family": "mixture"}, training_data={"kind": "test"})
     assert load_bundle(tmp_path / "b").model.config.output_gain is True
+    card = write_model_card(tmp_path / "b", "test terms").read_text()
+    assert "output gain fitted to the measured data" in card
     sidecar = tmp_path / "b" / "bundle.json"
     meta = json.loads(sidecar.read_text())
     del meta["model"]["output_gain"]  # a bundle written before the field existed

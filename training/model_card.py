@@ -20,7 +20,8 @@ def write_model_card(bundle: str | Path, data_terms: str, notes: str = "") -> Pa
     arch = (
         f"{model['copies']}x{model['blocks']}x{model['features']} "
         f"({'shared' if model['shared'] else 'independent'} weights, {dc}, "
-        f"{model['output_activation']} output{', global skip' if model.get('global_skip') else ''}), "
+        f"{model['output_activation']} output{', global skip' if model.get('global_skip') else ''}"
+        f"{', output gain fitted to the measured data' if model.get('output_gain') else ''}), "
         f"{side.get('parameters', '?')} parameters"
     )
     lines = [
