@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from recon_plugin.errors import BundleError
 from recon_plugin.metrics import snr_db, ssim
-from recon_plugin.model import Discriminator, RecurrentProximalNet, load_bundle, save_bundle
+from recon_plugin.model import Discriminator, ModelConfig, RecurrentProximalNet, load_bundle, save_bundle
 from recon_plugin.model.precision import FullPrecisionOperator
 from recon_plugin.physics import SenseOperator, SuperResolutionOperator, complex_to_channels
 from recon_plugin.reconstructors import resolve_device
@@ -112,8 +112,10 @@ def resolve_bf16(setting: bool | str, device: torch.device) -> bool:
 
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
-    """The parts of a config that must match for a resume (run settings and data path may change)."""
+    """The parts of a config that must match for a resume (run settings and data path may change). A model field
+    that a checkpoint predates counts as its default, the behaviour the checkpoint was trained with."""
     out = {k: dict(v) for k, v in config.items() if k in ("model", "data", "loss", "optim")}
+    out["model"] = {**ModelConfig().to_dict(), **out.get("model", {})}
     where = ("path", "paths", "val_path", "coil_kspace", "real_val_path", "bank_workers", "bank_nice")
     for key in where:  # where and how, not what
         out["data"].pop(key, None)
