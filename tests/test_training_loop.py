@@ -258,6 +258,29 @@ def test_init_weights_unties_a_shared_bundle_into_independent_copies(tmp_path: P
         Trainer(make_config(slices_path, tmp_path / "c", loss=no_gan, run={"init_weights": str(independent)}))
 
 
+def test_init_weights_widens_a_narrower_bundle(tmp_path: Path, slices_path: Path) -> None:
+    """A narrower bundle starts a wider run with the same function at step 0; a wider bundle is refused."""
+    no_gan = {"lambda_gan": 0.0}
+    first = Trainer(
+        make_config(slices_path, tmp_path / "a", loss=no_gan, optim={"steps": 2}, run={"validate_every": 0})
+    )
+    first.fit()
+    bundle = tmp_path / "a" / "bundle"
+    init = {"init_weights": str(bundle)}
+    wide = Trainer(make_config(slices_path, tmp_path / "b", loss=no_gan, model={"features": 12}, run=init))
+    narrow = load_bundle(bundle).model
+    assert wide.model.proximals[0].project.weight.shape[0] == 12
+    x = torch.randn(1, 2, 16, 16)
+    wide.model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(wide.model.proximals[0](x), narrow.proximals[0](x), rtol=1e-5, atol=1e-5)
+    wide.fit()
+    assert wide.step == wide.config.optim.steps  # and it trains
+    with pytest.raises(CheckpointError, match="features: bundle 12, run 8"):
+        wider = {"init_weights": str(tmp_path / "b" / "bundle")}
+        Trainer(make_config(slices_path, tmp_path / "c", loss=no_gan, run=wider))
+
+
 def test_init_weights_path_is_relative_to_the_config_file(tmp_path: Path) -> None:
     raw = {"data": {"path": "s.npy"}, "run": {"out": "run", "init_weights": "../weights/b"}}
     cfg = config_from_dict(raw, base_dir=tmp_path / "configs")

@@ -39,6 +39,7 @@ from recon_plugin.errors import BundleError
 from recon_plugin.metrics import snr_db, ssim
 from recon_plugin.model import Discriminator, ModelConfig, RecurrentProximalNet, load_bundle, save_bundle
 from recon_plugin.model.precision import FullPrecisionOperator
+from recon_plugin.model.widen import widen_state
 from recon_plugin.physics import SenseOperator, SuperResolutionOperator, complex_to_channels
 from recon_plugin.reconstructors import resolve_device
 
@@ -196,7 +197,9 @@ class Trainer:
     def _load_initial_weights(self, path: str) -> None:
         """Start from a bundle's weights; its architecture must be this run's ``[model]`` (the solver settings in
         :data:`SOLVER_SETTINGS` may differ: they hold no weights). A shared-weights bundle may also start an
-        independent-weights run: every copy starts as the shared network (untied), the same function at step 0."""
+        independent-weights run: every copy starts as the shared network (untied), the same function at step 0; and a
+        narrower bundle may start a wider run (:func:`~recon_plugin.model.widen.widen_state`), also the same
+        function at step 0."""
         try:
             bundle = load_bundle(path)
         except BundleError as exc:
@@ -204,10 +207,14 @@ class Trainer:
         ours = asdict(self.config.model)
         theirs = bundle.sidecar["model"]
         untie = bool(theirs.get("shared", True)) and not ours["shared"]
+        widen = int(theirs.get("features", ours["features"])) < ours["features"]
         diffs = [
             f"{k}: bundle {theirs.get(k)!r}, run {v!r}"
             for k, v in ours.items()
-            if theirs.get(k, v) != v and k not in SOLVER_SETTINGS and not (untie and k == "shared")
+            if theirs.get(k, v) != v
+            and k not in SOLVER_SETTINGS
+            and not (untie and k == "shared")
+            and not (widen and k == "features")
         ]
         if diffs:
             raise CheckpointError(f"run.init_weights {path} has another architecture: {'; '.join(diffs)}")
@@ -217,8 +224,13 @@ class Trainer:
             state = {k: v for k, v in state.items() if not k.startswith("proximals.")}
             for copy in range(self.config.model.copies):
                 state.update({f"proximals.{copy}.{k}": v.clone() for k, v in shared.items()})
+        if widen:
+            fresh = {k: v.detach() for k, v in self.model.state_dict().items()}
+            state = widen_state(state, fresh, int(theirs["features"]), ours["features"])
         self.model.load_state_dict(state, strict=True)
-        log.info("initial weights from %s%s", path, " (shared network untied into every copy)" if untie else "")
+        how = [" shared network untied into every copy"] if untie else []
+        how += [f" {theirs['features']} features widened to {ours['features']}, same function"] if widen else []
+        log.info("initial weights from %s%s", path, f" ({';'.join(how)})" if how else "")
 
     def _bank(self) -> SimulationBank:
         d, m = self.config.data, self.config.model
