@@ -228,9 +228,9 @@ class Trainer:
             fresh = {k: v.detach() for k, v in self.model.state_dict().items()}
             state = widen_state(state, fresh, int(theirs["features"]), ours["features"])
         self.model.load_state_dict(state, strict=True)
-        how = [" shared network untied into every copy"] if untie else []
-        how += [f" {theirs['features']} features widened to {ours['features']}, same function"] if widen else []
-        log.info("initial weights from %s%s", path, f" ({';'.join(how)})" if how else "")
+        how = ["shared network untied into every copy"] if untie else []
+        how += [f"{theirs['features']} features widened to {ours['features']}, same function"] if widen else []
+        log.info("initial weights from %s%s", path, f" ({'; '.join(how)})" if how else "")
 
     def _bank(self) -> SimulationBank:
         d, m = self.config.data, self.config.model
