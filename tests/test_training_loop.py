@@ -227,15 +227,17 @@ def test_init_weights_start_from_a_bundle_and_must_match(tmp_path: Path, slices_
         Trainer(make_config(slices_path, tmp_path / "e", run={"init_weights": str(tmp_path / "nowhere")}))
 
 
+def _two_step_bundle(slices: Path, out: Path) -> Path:
+    """The bundle of a 2-step run without the GAN term (a start for ``run.init_weights``)."""
+    Trainer(make_config(slices, out, loss={"lambda_gan": 0.0}, optim={"steps": 2}, run={"validate_every": 0})).fit()
+    return out / "bundle"
+
+
 def test_init_weights_unties_a_shared_bundle_into_independent_copies(tmp_path: Path, slices_path: Path) -> None:
     """A shared-weights bundle starts an independent-weights run: every copy holds the shared network, so the
     untied model computes exactly what the bundle does; the reverse (independent into shared) is refused."""
     no_gan = {"lambda_gan": 0.0}
-    first = Trainer(
-        make_config(slices_path, tmp_path / "a", loss=no_gan, optim={"steps": 2}, run={"validate_every": 0})
-    )
-    first.fit()
-    bundle = tmp_path / "a" / "bundle"
+    bundle = _two_step_bundle(slices_path, tmp_path / "a")
     init = {"init_weights": str(bundle)}
     untied = Trainer(make_config(slices_path, tmp_path / "b", loss=no_gan, model={"shared": False}, run=init))
     shared = load_bundle(bundle).model
@@ -261,11 +263,7 @@ def test_init_weights_unties_a_shared_bundle_into_independent_copies(tmp_path: P
 def test_init_weights_widens_a_narrower_bundle(tmp_path: Path, slices_path: Path) -> None:
     """A narrower bundle starts a wider run with the same function at step 0; a wider bundle is refused."""
     no_gan = {"lambda_gan": 0.0}
-    first = Trainer(
-        make_config(slices_path, tmp_path / "a", loss=no_gan, optim={"steps": 2}, run={"validate_every": 0})
-    )
-    first.fit()
-    bundle = tmp_path / "a" / "bundle"
+    bundle = _two_step_bundle(slices_path, tmp_path / "a")
     init = {"init_weights": str(bundle)}
     wide = Trainer(make_config(slices_path, tmp_path / "b", loss=no_gan, model={"features": 12}, run=init))
     narrow = load_bundle(bundle).model
