@@ -42,7 +42,7 @@ from recon_plugin.physics import SenseOperator
 from training.config import load_config
 from training.loop import Trainer
 
-STAGES = ("inline", "fused", "bank", "nice")
+STAGES = ("inline", "fused", "bank", "nice", "channels_last")
 
 
 def _unfused_normal(self: SenseOperator, x: torch.Tensor) -> torch.Tensor:
@@ -54,9 +54,10 @@ def run_stage(stage: str, args: argparse.Namespace, out: Path) -> dict[str, Any]
     cfg = load_config(args.config)
     cfg.run.out, cfg.run.progress, cfg.run.init_weights = str(out), False, ""
     cfg.run.bf16 = {"auto": "auto", "on": True, "off": False}[args.bf16]
-    cfg.data.bank_batches = args.bank_batches if stage in ("bank", "nice") else 0
+    cfg.data.bank_batches = args.bank_batches if stage in ("bank", "nice", "channels_last") else 0
     cfg.data.bank_reuse, cfg.data.bank_workers = args.reuse, 1
-    cfg.data.bank_nice = args.nice if stage == "nice" else 0
+    cfg.data.bank_nice = args.nice if stage in ("nice", "channels_last") else 0
+    cfg.run.channels_last = stage == "channels_last"
     cfg.data.val_range = [cfg.data.val_range[0], cfg.data.val_range[0] + 1] if cfg.data.val_range else None
     original = SenseOperator.normal
     if stage == "inline":

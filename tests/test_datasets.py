@@ -21,12 +21,14 @@ from recon_plugin.model.recurrent import ModelConfig, RecurrentProximalNet
 from recon_plugin.reconstructors.rgancs import robust_scale
 from recon_plugin.replay.dataset import read_raw
 from training.datasets import (
+    EmptyDatasetError,
     ImageArraySlices,
     ImageFolderSR,
     ImageTooSmallError,
     NotFullySampledError,
     RawFileSlices,
     UnreadableImageError,
+    extra_training_slices,
     siat_blocks,
 )
 
@@ -234,3 +236,37 @@ def test_superres_named_errors(tmp_path: Path) -> None:
     (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
     with pytest.raises(UnreadableImageError, match=r"broken\.png"):
         ImageFolderSR(tmp_path, crop=32)
+
+
+# --------------------------------------------------------------------------- training-only extra files
+def test_extra_training_slices_select_exclude_and_pad(tmp_path: Path) -> None:
+    volume = (np.arange(12)[:, None, None] * np.ones((1, 20, 14)) + 1).astype(np.uint8)
+    np.save(tmp_path / "t1.npy", volume)
+    item = {"path": str(tmp_path / "t1.npy"), "slices": [2, 10], "exclude": [[4, 6]]}
+    slices, flags, summary = extra_training_slices([item], (24, 16))
+    assert slices.shape == (6, 24, 16) and slices.dtype == np.complex64 and flags.all()
+    assert [int(s[12, 8].real) for s in slices] == [3, 4, 7, 8, 9, 10]  # slices 2, 3, 6, 7, 8, 9 (values + 1)
+    assert np.all(slices[:, :2] == 0) and np.all(slices[:, 22:] == 0)  # 20 rows padded 2 + 2
+    assert np.all(slices[:, 2:22, 1:15] != 0) and np.all(slices[:, :, 0] == 0)
+    assert summary == [{"file": "t1.npy", "slices": 6, "magnitude": True, "from": [20, 14]}]
+    np.save(tmp_path / "c.npy", np.ones((3, 30, 30), np.complex64) * 1j)
+    slices, flags, _ = extra_training_slices([{"path": str(tmp_path / "c.npy")}], (16, 16))
+    assert slices.shape == (3, 16, 16) and not flags.any() and np.all(slices == 1j)  # cropped, phase kept
+    with pytest.raises(InvalidInputError, match="exceed"):
+        extra_training_slices([{**item, "slices": [0, 13]}], (24, 16))
+    with pytest.raises(EmptyDatasetError):
+        extra_training_slices([{**item, "slices": [4, 6]}], (24, 16))
+
+
+def test_magnitude_flags_give_flagged_slices_a_phase_and_keep_the_others() -> None:
+    data = blobs(4).astype(np.complex64) * np.exp(1j * 0.7)  # slices 0-1: complex with a constant phase
+    data[2:] = np.abs(data[2:])  # slices 2-3: magnitude stored as complex
+    flags = np.array([False, False, True, True])
+    ds = ImageArraySlices(data, magnitude=flags, augment=False, seed=2)
+    kept = ds._image(0)
+    np.testing.assert_allclose(np.angle(kept[np.abs(kept) > 0.5]), 0.7, atol=1e-5)
+    phased = ds._image(2)
+    np.testing.assert_allclose(np.abs(phased), np.abs(data[2]), rtol=1e-5, atol=1e-6)
+    assert np.ptp(np.angle(phased[np.abs(phased) > 0.5])) > 0.05  # a smooth phase, not the stored zero phase
+    with pytest.raises(InvalidInputError, match="one per slice"):
+        ImageArraySlices(data, magnitude=flags[:3])

@@ -16,7 +16,7 @@ from recon_plugin.model.precision import FullPrecisionOperator
 from training.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from training.config import TrainConfig, config_from_dict, load_config
 from training.errors import CheckpointError, TrainingConfigError
-from training.loop import Trainer, gan_weight
+from training.loop import Trainer, gan_weight, resolve_channels_last
 from training.losses import lsgan_discriminator, lsgan_generator
 
 N_SLICES, SIZE = 10, 32
@@ -91,6 +91,7 @@ def test_load_config_from_toml_resolves_relative_paths(tmp_path: Path) -> None:
         ("model", {"output_activation": "softmax"}, "[model].output_activation"),
         ("run", {"device": "tpu"}, "[run].device"),
         ("run", {"bf16": 1}, "[run].bf16"),
+        ("run", {"channels_last": "yes"}, "[run].channels_last"),
     ],
 )
 def test_bad_config_names_the_key(tmp_path: Path, section: str, values: dict[str, Any], key: str) -> None:
@@ -346,6 +347,66 @@ def test_bf16_path_keeps_data_consistency_in_complex64(tmp_path: Path, slices_pa
     with torch.no_grad(), trainer._autocast():
         x_hat, outputs = trainer.model(batch.y, FullPrecisionOperator(batch.op, "cpu"))
     assert x_hat.dtype == torch.complex64 and all(o.dtype == torch.complex64 for o in outputs)
+
+
+def test_channels_last_trains_in_that_layout_and_resumes_exactly(tmp_path: Path, slices_path: Path) -> None:
+    """run.channels_last: the convolutions' weights in channels_last, the same function as the default layout,
+    and a resumed run (checkpoints store the weights contiguous) equal to an uninterrupted one."""
+    run = {"channels_last": True}
+    straight = Trainer(make_config(slices_path, tmp_path / "a", run=run, optim={"steps": 4}))
+    assert straight.channels_last is True
+    weight = straight.model.proximals[0].blocks[0].conv1.weight
+    assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+    plain = Trainer(make_config(slices_path, tmp_path / "p", optim={"steps": 4}))
+    assert plain.channels_last is False
+    batch = plain.val_batches[0]
+    straight.model.eval(), plain.model.eval()  # no BN statistics update from this comparison
+    with torch.no_grad():
+        torch.testing.assert_close(straight.model(batch.y, batch.op)[0], plain.model(batch.y, batch.op)[0])
+    straight.model.train()
+    straight.fit()
+
+    half = Trainer(make_config(slices_path, tmp_path / "b", run=run, optim={"steps": 4}))
+
+    def interrupt(trainer: Trainer, stats: dict[str, float]) -> None:
+        if trainer.step == 2:
+            raise KeyboardInterrupt
+
+    half.callbacks.append(interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        half.fit()
+    resumed = Trainer(make_config(slices_path, tmp_path / "b", run=run, optim={"steps": 4}))
+    resumed.fit(resume=tmp_path / "b")
+    assert resumed.step == 4
+    _assert_same_weights(straight, resumed)
+
+
+@pytest.mark.parametrize(
+    ("setting", "bf16", "expected"), [("auto", True, True), ("auto", False, False), (True, False, True)]
+)
+def test_channels_last_auto_follows_bf16(setting: bool | str, bf16: bool, expected: bool) -> None:
+    assert resolve_channels_last(setting, bf16) is expected
+
+
+def test_train_extra_adds_training_only_slices(tmp_path: Path, slices_path: Path) -> None:
+    """[data].train_extra: slices of another file (another matrix, magnitude) join training, never validation."""
+    volume = (np.random.default_rng(0).uniform(1, 200, (9, 40, 24))).astype(np.uint8)
+    np.save(tmp_path / "t1.npy", volume)
+    extra = [{"path": str(tmp_path / "t1.npy"), "slices": [1, 8], "exclude": [[3, 5]]}]
+    trainer = Trainer(make_config(slices_path, tmp_path / "run", data={"train_extra": extra}))
+    data = trainer.train_data
+    assert data.data.shape == (N_SLICES + 5, SIZE, SIZE) and data.magnitude is not None
+    assert data.indices.tolist() == [*range(8), *range(N_SLICES, N_SLICES + 5)]
+    assert data.data.dtype == np.complex64 and data.magnitude.all()  # both files are magnitude: all get a phase
+    assert trainer.data_summary["train_extra"][0]["file"] == "t1.npy"
+    assert trainer.val_batches[0].x.shape[0] == 2
+    stats = trainer.train_step()
+    assert all(np.isfinite(v) for v in stats.values())
+    bad = [{"path": str(tmp_path / "t1.npy"), "slice": [1, 8]}]
+    with pytest.raises(TrainingConfigError, match=r"\[data\]\.train_extra\[0\].*unknown key"):
+        make_config(slices_path, tmp_path / "run", data={"train_extra": bad})
+    with pytest.raises(TrainingConfigError, match=r"\[data\]\.train_extra"):
+        make_config(slices_path, tmp_path / "run", data={"train_extra": ["t1.npy"]})
 
 
 def test_random_crop_trains_on_crops_and_validates_whole_slices(tmp_path: Path, slices_path: Path) -> None:

@@ -105,11 +105,16 @@ class DataConfig:
     #: Real fully sampled multi-coil k-space validated on during training (a folder of *_kspace.npy).
     real_val_path: str = ""
     real_val_names: list[str] | None = None
+    #: Training-only image files added to ``paths`` (never validated on), each a table ``{path = "...",
+    #: slices = [first, stop], exclude = [[a, b], ...]}`` (half-open slice ranges, both optional). Their slices are
+    #: centre-padded or cropped to the main files' matrix; magnitude files get a smooth random phase per draw.
+    train_extra: list[dict[str, Any]] | None = None
 
     def check(self) -> None:
         """Raise TrainingConfigError on an impossible value."""
         s = "data"
         self._check_scanner()
+        self._check_train_extra()
         if self.kind not in DATA_KINDS:
             raise _fail(s, "kind", f"{self.kind!r} is not supported; use one of {', '.join(DATA_KINDS)}")
         if not self.path and not (self.kind in (*FILE_KINDS, "images") and self.paths):
@@ -176,6 +181,25 @@ class DataConfig:
                 raise _fail(s, "sizes", f"expected a non-empty list of sides >= 16, got {self.sizes}")
         if self.real_val_names is not None and not self.real_val_path:
             raise _fail(s, "real_val_names", "needs real_val_path (the folder of *_kspace.npy files)")
+
+    def _check_train_extra(self) -> None:
+        if self.train_extra is None:
+            return
+        if self.kind != "images" or not isinstance(self.train_extra, list):
+            raise _fail("data", "train_extra", 'a list of {path, slices, exclude} tables, only with kind = "images"')
+        for i, item in enumerate(self.train_extra):
+            where = f"train_extra[{i}]"
+            if not isinstance(item, dict) or not isinstance(item.get("path"), str) or not item["path"]:
+                raise _fail("data", where, f'needs a path (a table like {{path = "x.npy"}}), got {item!r}')
+            unknown = sorted(set(item) - {"path", "slices", "exclude"})
+            if unknown:
+                raise _fail("data", where, f"unknown key(s) {unknown}; known: path, slices, exclude")
+            ranges = ([item["slices"]] if "slices" in item else []) + list(item.get("exclude", []))
+            for r in ranges:
+                if not (
+                    isinstance(r, list) and len(r) == 2 and all(isinstance(v, int) for v in r) and 0 <= r[0] < r[1]
+                ):
+                    raise _fail("data", where, f"slice ranges are [first, stop) with 0 <= first < stop, got {r!r}")
 
     def _check_scanner(self) -> None:
         s = "data"
@@ -275,6 +299,9 @@ class RunConfig:
     device: str = "auto"
     #: bf16 autocast for the network: true, false, or "auto" (on CUDA, and on CPUs with native bf16 instructions).
     bf16: bool | str = False
+    #: channels_last memory for the network's convolutions: true, false, or "auto" (with bf16 on a CPU with native bf16
+    #: instructions, where oneDNN's bf16 convolutions are faster in that layout; measured in docs/performance.md).
+    channels_last: bool | str = False
     progress: bool = True
     #: A model bundle whose weights start this run (fine-tuning); empty = random initial weights.
     init_weights: str = ""
@@ -293,6 +320,8 @@ class RunConfig:
             raise _fail(s, "device", f"unknown device {self.device!r}; use one of {', '.join(DEVICES)}")
         if isinstance(self.bf16, str) and self.bf16 != "auto":
             raise _fail(s, "bf16", f'expected true, false or "auto", got {self.bf16!r}')
+        if isinstance(self.channels_last, str) and self.channels_last != "auto":
+            raise _fail(s, "channels_last", f'expected true, false or "auto", got {self.channels_last!r}')
 
 
 @dataclass
@@ -385,8 +414,10 @@ def _coerce(section: str, key: str, value: Any, annotation: Any) -> Any:
     if isinstance(value, list):
         items = _list_items(annotation)
         item: type | tuple[type, ...] = str if str in items else ((int, float) if float in items else int)
+        if any(typing.get_origin(t) is dict for t in items):
+            item = dict
         if not all(isinstance(v, item) and not isinstance(v, bool) for v in value):
-            what = {str: "strings", int: "integers"}.get(item, "numbers")  # type: ignore[arg-type]
+            what = {str: "strings", int: "integers", dict: "tables"}.get(item, "numbers")  # type: ignore[arg-type]
             raise _fail(section, key, f"expected a list of {what}, got {value!r}")
         if float in items:
             value = [float(v) for v in value]
@@ -437,6 +468,14 @@ def config_from_dict(raw: dict[str, Any], base_dir: str | Path | None = None) ->
             config.data.real_val_path = str(base / config.data.real_val_path)
         if config.data.val_path and not Path(config.data.val_path).is_absolute():
             config.data.val_path = str(base / config.data.val_path)
+        if config.data.train_extra and isinstance(config.data.train_extra, list):
+            for item in config.data.train_extra:
+                if (
+                    isinstance(item, dict)
+                    and isinstance(item.get("path"), str)
+                    and not Path(item["path"]).is_absolute()
+                ):
+                    item["path"] = str(base / item["path"])
         if config.data.coil_kspace:
             config.data.coil_kspace = [p if Path(p).is_absolute() else str(base / p) for p in config.data.coil_kspace]
         if not Path(config.run.out).is_absolute():

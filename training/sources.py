@@ -28,6 +28,7 @@ from .datasets import (
     ImageFolderSR,
     RawFileSlices,
     SRBatch,
+    extra_training_slices,
     load_many,
     load_slices,
     siat_blocks,
@@ -146,6 +147,12 @@ def _image_sources(
     """(train source, validation source or None when ``val_seed`` is None, train indices, validation indices)."""
     slices = load_many(d.paths) if d.paths else load_slices(d.path, d.axis)
     train_idx, val_idx = _split(len(slices), d)
+    magnitude = None
+    if d.train_extra:  # training only: appended after the split, never in validation
+        extra, flags, _ = extra_training_slices(d.train_extra, (int(slices.shape[1]), int(slices.shape[2])))
+        magnitude = np.concatenate([np.full(len(slices), not np.iscomplexobj(slices)), flags])
+        train_idx = np.concatenate([train_idx, np.arange(len(slices), len(slices) + len(extra))])
+        slices = np.concatenate([np.asarray(slices, dtype=np.complex64), extra])
     sim = scanner_simulation(d)
     common = {
         "axis": 0,
@@ -165,6 +172,7 @@ def _image_sources(
         random_crop=d.random_crop,
         scanner=sim,
         sizes=d.sizes,
+        magnitude=magnitude,
         **common,
     )
     if val_seed is None:
@@ -172,7 +180,14 @@ def _image_sources(
     if d.random_crop or d.sizes:  # validate on whole slices
         common["crop"] = None
     val = ImageArraySlices(
-        slices, slices=val_idx, per_sample_masks=False, augment=False, seed=val_seed, scanner=sim, **common
+        slices,
+        slices=val_idx,
+        per_sample_masks=False,
+        augment=False,
+        seed=val_seed,
+        scanner=sim,
+        magnitude=magnitude,
+        **common,
     )
     return train, val, train_idx, val_idx
 
@@ -201,6 +216,12 @@ def _build(config: TrainConfig, seed: int, val_seed: int) -> Sources:
             + (f", random {d.crop}x{d.crop} training crops, whole validation slices" if d.random_crop else "")
             + (f", matrix sides drawn per batch from {d.sizes}" if d.sizes else ""),
         )
+        if d.train_extra:
+            summary["train_extra"] = [
+                {"file": Path(i["path"]).name, "slices": i.get("slices"), "exclude": i.get("exclude")}
+                for i in d.train_extra
+            ]
+            summary["train_extra_note"] = "training only; centre-padded to the main matrix; magnitude gets a phase"
         if sim is not None:
             summary.update(
                 coils="per example (scanner simulation)",

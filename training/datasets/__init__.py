@@ -6,7 +6,7 @@ inference; the super-resolution set returns ``SRBatch(y, op, x, x0)``. Each keep
 in ``rng`` (a numpy Generator) for checkpointing.
 """
 
-from .arrays import ImageArraySlices, Split, load_many, load_slices, siat_blocks
+from .arrays import ImageArraySlices, Split, extra_training_slices, fit_matrix, load_many, load_slices, siat_blocks
 from .base import DatasetError, EmptyDatasetError, ImageTooSmallError, NotFullySampledError, UnreadableImageError
 from .fastmri import FastMRIFile, FastMRISlices, hdf5_kind
 from .ismrmrd_raw import RawFileSlices, RawSlice, assemble_file
@@ -27,6 +27,8 @@ __all__ = [
     "Split",
     "UnreadableImageError",
     "assemble_file",
+    "extra_training_slices",
+    "fit_matrix",
     "hdf5_kind",
     "load_many",
     "load_slices",

@@ -62,6 +62,46 @@ def load_many(sources: Sequence[str | Path], axis: int = 0) -> np.ndarray:
     return np.concatenate([np.asarray(p, dtype=dtype) for p in parts])
 
 
+def fit_matrix(slices: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Slices [n, ny, nx] centre-cropped or zero-padded to ``shape`` on each axis."""
+    out = np.asarray(slices)
+    for ax, n in ((1, shape[0]), (2, shape[1])):
+        size = out.shape[ax]
+        if size > n:
+            start = (size - n) // 2
+            out = out[:, start : start + n] if ax == 1 else out[:, :, start : start + n]
+        elif size < n:
+            widths = [(0, 0)] * 3
+            widths[ax] = ((n - size) // 2, n - size - (n - size) // 2)
+            out = np.pad(out, widths)
+    return out
+
+
+def extra_training_slices(items: Sequence[dict], shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    """Training-only slices from ``[data].train_extra`` tables ({path, slices=[first, stop], exclude=[[a, b], ...]}).
+
+    Returns (complex64 slices [n, *shape], per-slice "magnitude" flags, a summary per file). Slices of a real
+    (magnitude) file are stored with zero imaginary part and flagged, so that each draw gives them a smooth phase.
+    """
+    parts, flags, summary = [], [], []
+    for item in items:
+        data = load_slices(item["path"])
+        first, stop = item.get("slices", [0, len(data)])
+        if stop > len(data):
+            raise InvalidInputError(f"{item['path']}: slices {[first, stop]} exceed its {len(data)} slices")
+        keep = [i for i in range(first, stop) if not any(a <= i < b for a, b in item.get("exclude", []))]
+        if not keep:
+            raise EmptyDatasetError(f"{item['path']}: no slice left after slices and exclude")
+        chosen = fit_matrix(np.asarray(data[keep]), shape)
+        magnitude = not np.iscomplexobj(chosen)
+        parts.append(chosen.astype(np.complex64))
+        flags.append(np.full(len(keep), magnitude))
+        summary.append(
+            {"file": Path(item["path"]).name, "slices": len(keep), "magnitude": magnitude, "from": list(data.shape[1:])}
+        )
+    return np.concatenate(parts), np.concatenate(flags), summary
+
+
 def load_slices(source: str | Path | np.ndarray, axis: int = 0) -> np.ndarray:
     """Slices [n, ny, nx] from an array, a .npy file (memory-mapped) or a NIfTI volume (slices along ``axis``)."""
     if isinstance(source, np.ndarray):
@@ -107,6 +147,7 @@ class ImageArraySlices:
     ImageTooSmallError unless ``pad`` (zero padding). ``coils`` > 1 uses simulated coil maps;
     ``noise`` adds complex Gaussian k-space noise of std ``noise`` x RMS(|image|). ``augment``
     flips and (square) rotates. Masks are drawn per example or fixed. x is the noise-free image.
+    ``magnitude`` (one flag per slice of the source) marks magnitude slices stored in a complex array.
 
     ``scanner`` (a :class:`ScannerSimulation`) replaces ``coils``/``noise``/``mask_family`` by the
     scanner-like draws: per batch a coil count and map family, per example maps, correlated noise
@@ -135,8 +176,15 @@ class ImageArraySlices:
         seed: int = 0,
         scanner: ScannerSimulation | None = None,
         sizes: Sequence[int] | None = None,
+        magnitude: np.ndarray | None = None,
     ) -> None:
         self.data = load_slices(source, axis)
+        #: Per-slice flags of ``data``: a flagged slice is a magnitude image stored as complex (smooth phase added).
+        self.magnitude = None if magnitude is None else np.asarray(magnitude, dtype=bool)
+        if self.magnitude is not None and self.magnitude.shape != (len(self.data),):
+            raise InvalidInputError(
+                f"magnitude flags: {self.magnitude.shape}, expected one per slice ({len(self.data)})"
+            )
         self.indices = np.arange(len(self.data)) if slices is None else np.asarray(slices, dtype=np.int64)
         if self.indices.size == 0:
             raise EmptyDatasetError("no slice selected")
@@ -190,8 +238,10 @@ class ImageArraySlices:
         return out
 
     def _image(self, position: int) -> np.ndarray:
-        img = np.asarray(self.data[int(self.indices[position])])
-        img = self._fit(img)
+        index = int(self.indices[position])
+        img = self._fit(np.asarray(self.data[index]))
+        if self.magnitude is not None and self.magnitude[index]:
+            img = img.real
         img = img.astype(np.complex64) if np.iscomplexobj(img) else with_smooth_phase(img.astype(np.float32), self.rng)
         return augment(img, self.rng) if self.augment else np.ascontiguousarray(img)
 
