@@ -3,7 +3,7 @@
 Usage::
 
     python benchmarks/training_throughput.py --config configs/multicoil/cg_10x1x32_cpu.toml [--steps 12]
-        [--warmup 4] [--reuse 4] [--bank-batches 8] [--nice 10] [--stages inline,fused,bank,nice] [--json FILE]
+        [--warmup 4] [--reuse 4] [--bank-batches 8] [--nice 10] [--stages inline,fused,bank,nice,channels_last] [--json FILE]
         [--profile N]
 
 Every stage trains the same model on the same configuration (data, crops, coils, masks); each adds one change:
@@ -15,7 +15,9 @@ Every stage trains the same model on the same configuration (data, crops, coils,
 * ``fused``: the fused A^H A node and no work for zero-weight terms;
 * ``bank``: batches from the simulation bank (one producer process, each batch used ``--reuse`` times);
 * ``nice``: the bank's producer niced by ``--nice`` (``[data] bank_nice``), so that it yields the cores to the
-  step's threads and simulates while the step waits.
+  step's threads and simulates while the step waits;
+* ``channels_last``: the network's weights (hence its activations) in channels_last memory (``[run] channels_last``;
+  "auto" turns it on with bf16, where oneDNN's bf16 convolutions are faster in that layout).
 
 Precision follows ``run.bf16 = "auto"`` (bf16 only on CUDA or a CPU with native bf16; ``--bf16 on|off`` forces
 it). A stage's figure is the wall time of ``--steps`` steps after ``--warmup`` steps (the bank's start-up fill
