@@ -3,8 +3,8 @@
 Usage::
 
     python benchmarks/training_throughput.py --config configs/multicoil/cg_10x1x32_cpu.toml [--steps 12]
-        [--warmup 4] [--reuse 4] [--bank-batches 8] [--nice 10] [--stages inline,fused,bank,nice,channels_last] [--json FILE]
-        [--profile N]
+        [--warmup 4] [--reuse 4] [--bank-batches 8] [--nice 10] [--json FILE] [--profile N]
+        [--stages inline,fused,bank,nice,channels_last]
 
 Every stage trains the same model on the same configuration (data, crops, coils, masks); each adds one change:
 
