@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import ellipse_slices
 
-from recon_plugin.errors import MaskSpecError
+from recon_plugin.errors import InvalidInputError, MaskSpecError
 from recon_plugin.masks import fully_sampled_centre
 from recon_plugin.model import load_bundle
 from recon_plugin.physics import fft2c
@@ -24,6 +24,7 @@ from training.datasets.scanner_sim import (
     ScannerSimulation,
     correlated_noise,
     draw_mask,
+    kspace_taper,
     parse_mixture,
     real_maps_from_kspace,
 )
@@ -158,6 +159,46 @@ def test_single_coil_draws_have_no_maps():
     assert batch.op.coils == 1 and batch.op.maps is None
 
 
+def _outer_share(img: np.ndarray) -> float:
+    """Share of ``img``'s k-space energy beyond a quarter of the matrix from the centre."""
+    power = np.abs(fft2c(img)) ** 2
+    ny, nx = img.shape
+    r = np.hypot((np.arange(ny)[:, None] - ny // 2) / ny, (np.arange(nx)[None, :] - nx // 2) / nx)
+    return float(power[r >= 0.25].sum() / power.sum())
+
+
+def test_kspace_taper_smooths_and_keeps_the_centre():
+    img = textured_slices(1)[0].astype(np.complex64)
+    wide, narrow = kspace_taper(img, 0.6), kspace_taper(img, 0.15)
+    assert _outer_share(narrow) < _outer_share(wide) < _outer_share(img)
+    centre = (SIZE // 2, SIZE // 2)
+    assert fft2c(narrow)[centre] == pytest.approx(fft2c(img)[centre], rel=1e-5)
+
+
+def test_smoothed_draws_follow_the_fraction_and_explain_their_data():
+    images = textured_slices(4)
+    plain = ImageArraySlices(images, scanner=simulation(noise_range=(0.0, 0.0)), seed=3, augment=False)
+    off = ImageArraySlices(
+        images, scanner=simulation(noise_range=(0.0, 0.0), smooth_fraction=0.0), seed=3, augment=False
+    )
+    a, b = plain.batch([0, 1, 2]), off.batch([0, 1, 2])
+    assert torch.equal(a.y, b.y) and all(d["smooth"] is None for d in off.last_draws)  # 0: nothing drawn
+    on = ImageArraySlices(
+        images,
+        scanner=simulation(noise_range=(0.0, 0.0), smooth_fraction=1.0, smooth_range=(0.15, 0.2)),
+        seed=3,
+        augment=False,
+    )
+    s = on.batch([0, 1, 2])
+    assert all(0.15 <= d["smooth"] <= 0.2 for d in on.last_draws)
+    for smooth, sharp in zip(s.x.numpy(), a.x.numpy(), strict=True):
+        assert _outer_share(smooth) < 0.5 * _outer_share(sharp)
+    residual = (s.op.forward(s.x) - s.y).norm() / s.y.norm()  # the smoothed image is what was measured
+    assert float(residual) < 0.1
+    with pytest.raises(InvalidInputError, match="smooth_range"):
+        simulation(smooth_fraction=0.5, smooth_range=(0.0, 0.2))
+
+
 # ---------------------------------------------------------------- config, bundle, learning
 def scanner_raw(path: Path, out: Path, **data) -> dict:
     return {
@@ -207,6 +248,9 @@ def test_scanner_config_keys_are_checked(tmp_path: Path):
         ({"noise_range": [0.1, 0.01]}, "[data].noise_range"),
         ({"simulation": "perfect"}, "[data].simulation"),
         ({"real_map_fraction": 1.5}, "[data].real_map_fraction"),
+        ({"smooth_fraction": -0.1}, "[data].smooth_fraction"),
+        ({"smooth_range": [0.5, 0.2]}, "[data].smooth_range"),
+        ({"smooth_range": [0.0, 0.2]}, "[data].smooth_range"),
     ):
         with pytest.raises(TrainingConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):
             config_from_dict(scanner_raw(path, tmp_path / "run", **data))

@@ -92,6 +92,7 @@ def test_load_config_from_toml_resolves_relative_paths(tmp_path: Path) -> None:
         ("run", {"device": "tpu"}, "[run].device"),
         ("run", {"bf16": 1}, "[run].bf16"),
         ("run", {"channels_last": "yes"}, "[run].channels_last"),
+        ("optim", {"lambda_lr_scale": 0}, "[optim].lambda_lr_scale"),
     ],
 )
 def test_bad_config_names_the_key(tmp_path: Path, section: str, values: dict[str, Any], key: str) -> None:
@@ -148,6 +149,8 @@ def test_checkpoint_roundtrip_without_pickle(tmp_path: Path) -> None:
 
 def _assert_same_weights(a: Trainer, b: Trainer) -> None:
     for name, module in (("generator", "model"), ("discriminator", "disc")):
+        if getattr(a, module) is None and getattr(b, module) is None:
+            continue
         sa, sb = getattr(a, module).state_dict(), getattr(b, module).state_dict()
         assert sa.keys() == sb.keys()
         for key in sa:
@@ -378,6 +381,52 @@ def test_channels_last_trains_in_that_layout_and_resumes_exactly(tmp_path: Path,
     resumed = Trainer(make_config(slices_path, tmp_path / "b", run=run, optim={"steps": 4}))
     resumed.fit(resume=tmp_path / "b")
     assert resumed.step == 4
+    _assert_same_weights(straight, resumed)
+
+
+def test_lambda_lr_scale_moves_the_cg_lambdas_at_their_own_rate(tmp_path: Path, slices_path: Path) -> None:
+    """optim.lambda_lr_scale: the per-copy CG lambdas get lr x scale (Adam's first step moves each log lambda by
+    about its group's lr, every other weight by at most the lr), and a resumed run equals an uninterrupted one."""
+    over: dict[str, Any] = {
+        "model": {"data_consistency": "cg", "cg_iterations": 2},
+        "loss": {"lambda_gan": 0.0},
+        "optim": {"lr": 1e-3, "steps": 1, "schedule": "none", "lambda_lr_scale": 50.0},
+    }
+    scaled = Trainer(make_config(slices_path, tmp_path / "s", **over))
+    groups = scaled.opt_g.param_groups
+    assert len(groups) == 2 and groups[1]["params"] == [scaled.model.log_lambda]
+    assert groups[0]["lr"] == pytest.approx(1e-3) and groups[1]["lr"] == pytest.approx(0.05)
+    assert sum(p.numel() for g in groups for p in g["params"]) == sum(p.numel() for p in scaled.model.parameters())
+    before = {n: p.detach().clone() for n, p in scaled.model.named_parameters()}
+    scaled.fit()
+    for name, p in scaled.model.named_parameters():
+        moved = (p.detach() - before[name]).abs().max().item()
+        if name == "log_lambda":
+            assert 0.04 < moved < 0.06
+        else:
+            assert moved < 1.1e-3, name
+    plain = Trainer(
+        make_config(slices_path, tmp_path / "p", **{**over, "optim": {**over["optim"], "lambda_lr_scale": 1}})
+    )
+    assert len(plain.opt_g.param_groups) == 1
+    lam = plain.model.log_lambda.detach().clone()
+    plain.fit()
+    assert (plain.model.log_lambda.detach() - lam).abs().max().item() < 1.1e-3
+
+    over["optim"]["steps"] = 4
+    straight = Trainer(make_config(slices_path, tmp_path / "a", **over))
+    straight.fit()
+    half = Trainer(make_config(slices_path, tmp_path / "b", **over))
+
+    def interrupt(trainer: Trainer, stats: dict[str, float]) -> None:
+        if trainer.step == 2:
+            raise KeyboardInterrupt
+
+    half.callbacks.append(interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        half.fit()
+    resumed = Trainer(make_config(slices_path, tmp_path / "b", **over))
+    resumed.fit(resume=tmp_path / "b")
     _assert_same_weights(straight, resumed)
 
 

@@ -13,7 +13,8 @@ file's folder. Whether the data exist is checked when the Trainer is built, not 
   ``coil_kspace`` real arrays (probability ``real_map_fraction``) or birdcage maps with a coil
   count in ``coil_range``, ``single_coil_fraction`` single-coil examples, correlated noise in
   ``noise_range``, masks from ``mask_mixture`` entries like "radial:4-8" / "uniform:2-4" with
-  ``uniform_calib`` ACS lines, maps estimated from each example's ACS when ``estimate_maps``);
+  ``uniform_calib`` ACS lines, maps estimated from each example's ACS when ``estimate_maps``, a share
+  ``smooth_fraction`` of the images smoothed by a Gaussian k-space taper of width in ``smooth_range``);
   ``crop``; with ``random_crop`` training slices are
   cropped at a new random position per draw and validation slices stay whole); split by ``train_range``/``val_range``,
   by SIAT blocks (``train_blocks``/``val_blocks``, 10 slices each) or by ``val_fraction``.
@@ -31,6 +32,7 @@ file's folder. Whether the data exist is checked when the Trainer is built, not 
 
 from __future__ import annotations
 
+import math
 import tomllib
 import types
 import typing
@@ -92,6 +94,10 @@ class DataConfig:
     single_coil_fraction: float = 0.0
     noise_range: list[float] | None = None
     estimate_maps: bool = True
+    #: Share of the scanner simulation's images smoothed by a Gaussian k-space taper (0 = none) of width
+    #: log-uniform in ``smooth_range`` (fractions of the matrix; default [0.2, 0.6]).
+    smooth_fraction: float = 0.0
+    smooth_range: list[float] | None = None
     #: Matrix sides drawn per training batch (each axis independently from the list), e.g. [96, 128, 192, 256].
     sizes: list[int] | None = None
     #: Simulated batches held in the bank that training samples (0 = simulate every batch inline).
@@ -205,11 +211,13 @@ class DataConfig:
         s = "data"
         if self.simulation not in SIMULATIONS:
             raise _fail(s, "simulation", f"unknown simulation {self.simulation!r}; use one of {', '.join(SIMULATIONS)}")
-        scanner_keys = ("mask_mixture", "uniform_calib", "coil_range", "coil_kspace", "noise_range")
+        scanner_keys = ("mask_mixture", "uniform_calib", "coil_range", "coil_kspace", "noise_range", "smooth_range")
         if self.simulation != "scanner":
             for key in scanner_keys:
                 if getattr(self, key) is not None:
                     raise _fail(s, key, 'only used with simulation = "scanner"')
+            if self.smooth_fraction != 0:
+                raise _fail(s, "smooth_fraction", 'only used with simulation = "scanner"')
             return
         if self.kind != "images":
             raise _fail(s, "simulation", 'the scanner simulation is for kind = "images"')
@@ -223,9 +231,13 @@ class DataConfig:
             pair = getattr(self, key)
             if pair is not None and (len(pair) != 2 or not lo <= pair[0] <= pair[1]):
                 raise _fail(s, key, f"expected [low, high] with {lo} <= low <= high, got {pair}")
-        for key in ("real_map_fraction", "single_coil_fraction"):
+        for key in ("real_map_fraction", "single_coil_fraction", "smooth_fraction"):
             if not 0 <= getattr(self, key) <= 1:
                 raise _fail(s, key, f"must be in [0, 1], got {getattr(self, key)}")
+        if self.smooth_range is not None and (
+            len(self.smooth_range) != 2 or not 0 < self.smooth_range[0] <= self.smooth_range[1]
+        ):
+            raise _fail(s, "smooth_range", f"expected [low, high] with 0 < low <= high, got {self.smooth_range}")
 
 
 @dataclass
@@ -265,12 +277,15 @@ class OptimConfig:
     steps: int = 1000
     clip: float = 1.0
     schedule: str = "none"
+    lambda_lr_scale: float = 1.0  # the per-copy CG lambdas' lr over ``lr``: Adam moves log lambda by ~lr a step
 
     def check(self) -> None:
         """Raise TrainingConfigError on an impossible value."""
         s = "optim"
         if not self.lr > 0:
             raise _fail(s, "lr", f"must be > 0, got {self.lr}")
+        if not (math.isfinite(self.lambda_lr_scale) and self.lambda_lr_scale > 0):
+            raise _fail(s, "lambda_lr_scale", f"must be a positive number, got {self.lambda_lr_scale}")
         if self.lr_d is not None and not self.lr_d > 0:
             raise _fail(s, "lr_d", f"must be > 0, got {self.lr_d}")
         for key in ("beta1", "beta2"):

@@ -52,7 +52,7 @@ from .checkpoint import (
     resolve_checkpoint,
     save_checkpoint,
 )
-from .config import TrainConfig
+from .config import OptimConfig, TrainConfig
 from .data import Batch
 from .datasets import SRBatch
 from .errors import CheckpointError
@@ -123,6 +123,8 @@ def _comparable(config: dict[str, Any]) -> dict[str, Any]:
     that a checkpoint predates counts as its default, the behaviour the checkpoint was trained with."""
     out = {k: dict(v) for k, v in config.items() if k in ("model", "data", "loss", "optim")}
     out["model"] = {**ModelConfig().to_dict(), **out.get("model", {})}
+    out["optim"] = {**asdict(OptimConfig()), **out.get("optim", {})}
+    out["data"] = {"smooth_fraction": 0.0, "smooth_range": None, **out.get("data", {})}  # what older runs did
     where = ("path", "paths", "val_path", "coil_kspace", "real_val_path", "bank_workers", "bank_nice")
     for key in where:  # where and how, not what
         out["data"].pop(key, None)
@@ -192,7 +194,7 @@ class Trainer:
             if self.disc is not None:
                 self._d = DistributedDataParallel(self.disc, device_ids=ids)
         o = config.optim
-        self.opt_g = torch.optim.Adam(self.model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2))
+        self.opt_g = torch.optim.Adam(self._generator_groups(), lr=o.lr, betas=(o.beta1, o.beta2))
         self.opt_d = (
             torch.optim.Adam(self.disc.parameters(), lr=o.lr_d or o.lr, betas=(o.beta1, o.beta2))
             if self.disc is not None
@@ -208,6 +210,17 @@ class Trainer:
         self._reseed_data = False
 
     # ------------------------------------------------------------------ setup helpers
+    def _generator_groups(self) -> list[dict[str, Any]]:
+        """The generator's Adam parameter groups: one, or with ``optim.lambda_lr_scale`` != 1 a second group for the
+        per-copy CG lambdas (stored as logarithms, which Adam moves by about the lr a step: at the network's lr they
+        hardly leave their initial value)."""
+        o = self.config.optim
+        log_lambda = getattr(self.model, "log_lambda", None)
+        if o.lambda_lr_scale == 1.0 or log_lambda is None:
+            return [{"params": list(self.model.parameters())}]
+        rest = [p for p in self.model.parameters() if p is not log_lambda]
+        return [{"params": rest}, {"params": [log_lambda], "lr": o.lr * o.lambda_lr_scale}]
+
     def _load_initial_weights(self, path: str) -> None:
         """Start from a bundle's weights; its architecture must be this run's ``[model]`` (the solver settings in
         :data:`SOLVER_SETTINGS` may differ: they hold no weights). A shared-weights bundle may also start an
@@ -635,6 +648,7 @@ class Trainer:
                     "lr": cfg.optim.lr,
                     "betas": [cfg.optim.beta1, cfg.optim.beta2],
                     "schedule": cfg.optim.schedule,
+                    "lambda_lr_scale": cfg.optim.lambda_lr_scale,
                     "clip": cfg.optim.clip,
                     "eta": cfg.loss.eta,
                     "gamma": cfg.loss.gamma,

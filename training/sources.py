@@ -138,6 +138,8 @@ def scanner_simulation(d: DataConfig) -> ScannerSimulation | None:
         uniform_calib=tuple(d.uniform_calib or (16, 48)),  # type: ignore[arg-type]
         estimate_maps=d.estimate_maps,
         sources=[Path(p).name for p in d.coil_kspace or []],
+        smooth_fraction=d.smooth_fraction,
+        smooth_range=tuple(d.smooth_range or (0.2, 0.6)),  # type: ignore[arg-type]
     )
 
 

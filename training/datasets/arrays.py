@@ -16,7 +16,7 @@ from recon_plugin.simulate import simulated_coil_maps, with_smooth_phase
 from training.data import Batch
 
 from .base import EmptyDatasetError, ImageTooSmallError, UnreadableImageError, augment, normalised_batch
-from .scanner_sim import ScannerSimulation, correlated_noise, draw_mask
+from .scanner_sim import ScannerSimulation, correlated_noise, draw_mask, kspace_taper
 
 #: Slices per SIAT block (one scan each).
 SIAT_BLOCK = 10
@@ -285,6 +285,9 @@ class ImageArraySlices:
         ys, xs, masks, maps_used, draws = [], [], [], [], []
         for p in positions:
             img = self._image(int(p))
+            smooth = sim.draw_smoothing(rng)
+            if smooth is not None:
+                img = kspace_taper(img, smooth)
             maps = sim.coils.draw_maps(kind, coils, index, self.shape, rng)
             mask, info = draw_mask(sim.masks, self.shape, rng, sim.uniform_calib)
             coil_img = img[None] if maps is None else maps * img[None]
@@ -304,7 +307,7 @@ class ImageArraySlices:
             xs.append(ref.astype(np.complex64))
             masks.append(mask)
             maps_used.append(used)
-            draws.append({**info, "coils": coils, "maps": kind, "noise": level})
+            draws.append({**info, "coils": coils, "maps": kind, "noise": level, "smooth": smooth})
         self.last_draws = draws
         mask_t = torch.from_numpy(np.stack(masks))
         maps_t = None if maps_used[0] is None else torch.from_numpy(np.stack(maps_used))

@@ -10,6 +10,10 @@ example here from a seeded ``numpy`` Generator:
   random per-coil gains) at a random level relative to the image's RMS.
 * **Undersampling** from a mixture of mask families and accelerations (radial view-ordered VD,
   VD Poisson disc, VD 1D lines, uniform lines with ACS).
+* **Resolution** (optional, ``smooth_fraction``): a share of the images is smoothed by a Gaussian k-space
+  taper of random width before anything is simulated, so that the network also sees images whose spectrum
+  falls off as fast as that of real scans (the SIAT training slices carry more of their energy in the outer
+  k-space than the real brains do).
 
 The network then sees the maps the scanner path would use: estimated by ESPIRiT from the
 undersampled example's own calibration region (``estimate_maps``), not the true ones, and its
@@ -30,6 +34,7 @@ from scipy import ndimage
 
 from recon_plugin.errors import CoilMapError, InvalidInputError, MaskSpecError
 from recon_plugin.masks import FAMILIES, make_mask
+from recon_plugin.physics import fft2c, ifft2c
 from recon_plugin.problem import Problem
 from recon_plugin.simulate import birdcage_coil_maps, normalise_maps
 
@@ -245,6 +250,18 @@ def correlated_noise(
     return noise.astype(np.complex64), psi
 
 
+def kspace_taper(img: np.ndarray, sigma: float) -> np.ndarray:
+    """``img`` (complex, ny x nx) with its centred k-space weighted by exp(-r^2 / (2 sigma^2)), r the k-space
+    radius in fractions of the matrix on each axis (0.5 at the edge of either axis): a smoother image of the
+    same object, the same at the centre of k-space."""
+    ny, nx = img.shape[-2:]
+    ky = (np.arange(ny) - ny // 2) / ny
+    kx = (np.arange(nx) - nx // 2) / nx
+    r2 = ky[:, None] ** 2 + kx[None, :] ** 2
+    weight = np.exp(-r2 / (2.0 * sigma**2)).astype(np.float32)
+    return ifft2c(fft2c(img) * weight).astype(np.complex64)
+
+
 @dataclass
 class ScannerSimulation:
     """Everything drawn per example for scanner-like training data (see the module docstring)."""
@@ -256,8 +273,15 @@ class ScannerSimulation:
     estimate_maps: bool = True
     calib_width: int = CALIB_WIDTH
     sources: list[str] = field(default_factory=list)
+    smooth_fraction: float = 0.0
+    smooth_range: tuple[float, float] = (0.2, 0.6)
 
     def __post_init__(self) -> None:
+        if not 0 <= self.smooth_fraction <= 1:
+            raise InvalidInputError(f"smooth_fraction must be in [0, 1], got {self.smooth_fraction}")
+        lo, hi = self.smooth_range
+        if not 0 < lo <= hi:
+            raise InvalidInputError(f"smooth_range must be [low, high] with 0 < low <= high, got {self.smooth_range}")
         lo, hi = self.noise_range
         if not 0 <= lo <= hi:
             raise InvalidInputError(f"noise_range must be [low, high] with 0 <= low <= high, got {self.noise_range}")
@@ -274,6 +298,15 @@ class ScannerSimulation:
             return 0.0
         if lo == 0:
             return float(rng.uniform(0, hi))
+        return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+
+    def draw_smoothing(self, rng: np.random.Generator) -> float | None:
+        """The k-space taper width (:func:`kspace_taper`) for one image, log-uniform in ``smooth_range``, or None
+        (no smoothing; always without drawing anything when ``smooth_fraction`` is 0, so the other draws stay
+        those of a simulation without this option)."""
+        if self.smooth_fraction <= 0 or rng.random() >= self.smooth_fraction:
+            return None
+        lo, hi = self.smooth_range
         return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
 
     def estimate(self, y: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -294,4 +327,13 @@ class ScannerSimulation:
             "noise_range": list(self.noise_range),
             "noise": "correlated complex Gaussian, random covariance per example, std relative to image RMS",
             "maps_used_by_model": "ESPIRiT from each example's own ACS" if self.estimate_maps else "true maps",
+            **(
+                {
+                    "smooth_fraction": self.smooth_fraction,
+                    "smooth_range": list(self.smooth_range),
+                    "smoothing": "Gaussian k-space taper, sigma log-uniform in smooth_range (fractions of the matrix)",
+                }
+                if self.smooth_fraction > 0
+                else {}
+            ),
         }
