@@ -36,7 +36,15 @@ def test_rgancs_cuda_matches_cpu(tmp_path):
     img[10:-10, 8:-8] = 1
     mask = rng.random((64, 48)) < 0.3
     problem = simulate_problem(with_smooth_phase(img, rng), mask, simulated_coil_maps((64, 48), 4))
-    cpu = RGANCS(tmp_path / "b", device="cpu").reconstruct(problem)
-    gpu = RGANCS(tmp_path / "b", device="cuda").reconstruct(problem)
+    # the same arithmetic on both devices: fp32 agrees to 1e-3 of the image's peak
+    cpu = RGANCS(tmp_path / "b", device="cpu", fast_path="fp32").reconstruct(problem)
+    gpu = RGANCS(tmp_path / "b", device="cuda", fast_path="fp32").reconstruct(problem)
     assert gpu.meta["device"].startswith("cuda")
-    assert np.abs(gpu.image - cpu.image).max() <= 1e-3 * np.abs(cpu.image).max()
+    peak = np.abs(cpu.image).max()
+    assert np.abs(gpu.image - cpu.image).max() <= 1e-3 * peak
+    # each device's default path (bf16 on a CPU with native bf16) stays within bf16's rounding of that: with both in
+    # bf16 (an H200 and its 16-core host), the largest difference measured was 1.5e-3 of the peak
+    fast_cpu = RGANCS(tmp_path / "b", device="cpu").reconstruct(problem)
+    fast_gpu = RGANCS(tmp_path / "b", device="cuda").reconstruct(problem)
+    assert np.abs(fast_gpu.image - fast_cpu.image).max() <= 1e-2 * peak
+    assert np.abs(fast_gpu.image - cpu.image).max() <= 1e-2 * peak

@@ -75,13 +75,15 @@ class FastPath:
                 raise FastPathError("mkldnn is a path of its own (fp32 oneDNN layouts); do not combine it")
 
 
-#: Defaults per device type. CUDA: bf16 convolutions in NHWC (tensor cores); compile and CUDA graphs are
-#: opt-in because their first call compiles (seconds to minutes) and would land on the first exam.
+#: Defaults per device type. CUDA: fp32. On an H200 the 10x1x32 default is bound by kernel launches (0.3-0.5 % of
+#: the bf16 peak): bf16 and NHWC were no faster there, and bf16 moved the 256x256 8-coil SNR by 0.052 dB, beyond
+#: the tolerance (docs/performance.md); compile and CUDA graphs are opt-in because their first call compiles
+#: (seconds to minutes) and would land on the first exam.
 #: CPU with native bf16 (AVX512-BF16 or AMX): bf16 in NHWC, measured 2.5x faster than fp32 and within the
 #: SNR tolerance (docs/performance.md); other CPUs (bf16 emulated there): fp32 convolutions on oneDNN's blocked
 #: layout, measured 1.9-2.1x faster per proximal than plain fp32 on an AVX2-only EPYC.
 DEFAULTS = {
-    "cuda": FastPath(bf16=True, channels_last=True),
+    "cuda": FastPath(),
     "cpu_bf16": FastPath(bf16=True, channels_last=True),
     "cpu": FastPath(mkldnn=True),
 }
