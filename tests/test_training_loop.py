@@ -147,6 +147,18 @@ def test_checkpoint_roundtrip_without_pickle(tmp_path: Path) -> None:
         load_checkpoint(tmp_path / "bad.safetensors")
 
 
+def _interrupt_at(trainer: Trainer, step: int) -> None:
+    """Run ``trainer`` until a simulated Ctrl-C after ``step`` (it leaves a resumable checkpoint)."""
+
+    def interrupt(trainer: Trainer, stats: dict[str, float]) -> None:
+        if trainer.step == step:
+            raise KeyboardInterrupt
+
+    trainer.callbacks.append(interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+
+
 def _assert_same_weights(a: Trainer, b: Trainer) -> None:
     for name, module in (("generator", "model"), ("discriminator", "disc")):
         if getattr(a, module) is None and getattr(b, module) is None:
@@ -164,14 +176,7 @@ def test_resume_is_exact_with_discriminator(tmp_path: Path, slices_path: Path) -
 
     half = Trainer(make_config(slices_path, tmp_path / "b", optim={"steps": 6}))
     stop_at = 3
-
-    def interrupt(trainer: Trainer, stats: dict[str, float]) -> None:
-        if trainer.step == stop_at:
-            raise KeyboardInterrupt
-
-    half.callbacks.append(interrupt)
-    with pytest.raises(KeyboardInterrupt):  # Ctrl-C simulation leaves a resumable checkpoint
-        half.fit()
+    _interrupt_at(half, stop_at)
     saved = list_checkpoints(tmp_path / "b" / "checkpoints")
     assert [p.name for p in saved] == [f"checkpoint-{stop_at:08d}.safetensors"]
 
@@ -370,14 +375,7 @@ def test_channels_last_trains_in_that_layout_and_resumes_exactly(tmp_path: Path,
     straight.fit()
 
     half = Trainer(make_config(slices_path, tmp_path / "b", run=run, optim={"steps": 4}))
-
-    def interrupt(trainer: Trainer, stats: dict[str, float]) -> None:
-        if trainer.step == 2:
-            raise KeyboardInterrupt
-
-    half.callbacks.append(interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        half.fit()
+    _interrupt_at(half, 2)
     resumed = Trainer(make_config(slices_path, tmp_path / "b", run=run, optim={"steps": 4}))
     resumed.fit(resume=tmp_path / "b")
     assert resumed.step == 4
@@ -417,14 +415,7 @@ def test_lambda_lr_scale_moves_the_cg_lambdas_at_their_own_rate(tmp_path: Path, 
     straight = Trainer(make_config(slices_path, tmp_path / "a", **over))
     straight.fit()
     half = Trainer(make_config(slices_path, tmp_path / "b", **over))
-
-    def interrupt(trainer: Trainer, stats: dict[str, float]) -> None:
-        if trainer.step == 2:
-            raise KeyboardInterrupt
-
-    half.callbacks.append(interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        half.fit()
+    _interrupt_at(half, 2)
     resumed = Trainer(make_config(slices_path, tmp_path / "b", **over))
     resumed.fit(resume=tmp_path / "b")
     _assert_same_weights(straight, resumed)

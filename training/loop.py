@@ -52,7 +52,7 @@ from .checkpoint import (
     resolve_checkpoint,
     save_checkpoint,
 )
-from .config import OptimConfig, TrainConfig
+from .config import DataConfig, OptimConfig, TrainConfig
 from .data import Batch
 from .datasets import SRBatch
 from .errors import CheckpointError
@@ -119,12 +119,12 @@ def resolve_channels_last(setting: bool | str, bf16: bool) -> bool:
 
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
-    """The parts of a config that must match for a resume (run settings and data path may change). A model field
-    that a checkpoint predates counts as its default, the behaviour the checkpoint was trained with."""
+    """The parts of a config that must match for a resume (run settings and data path may change). A model, data
+    or optim field that a checkpoint predates counts as its default, the behaviour the checkpoint was trained with."""
     out = {k: dict(v) for k, v in config.items() if k in ("model", "data", "loss", "optim")}
     out["model"] = {**ModelConfig().to_dict(), **out.get("model", {})}
     out["optim"] = {**asdict(OptimConfig()), **out.get("optim", {})}
-    out["data"] = {"smooth_fraction": 0.0, "smooth_range": None, **out.get("data", {})}  # what older runs did
+    out["data"] = {**asdict(DataConfig()), **out.get("data", {})}
     where = ("path", "paths", "val_path", "coil_kspace", "real_val_path", "bank_workers", "bank_nice")
     for key in where:  # where and how, not what
         out["data"].pop(key, None)
