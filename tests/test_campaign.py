@@ -43,6 +43,8 @@ def test_campaign_resumes_from_the_committed_checkpoint(name: str, tmp_path: Pat
     config.run.out = str(folder)
     config.data.bank_workers, config.data.real_val_path = 0, ""  # in this process; real validation not needed
     config.run.validate_every = config.run.checkpoint_every = 0
+    if config.run.device == "cuda" and not torch.cuda.is_available():
+        config.run.device = "cpu"  # a GPU campaign continues on a CPU: the device is not part of the state
     trainer = Trainer(config)
     start = trainer.resume(folder)
     committed = load_checkpoint(resolve_checkpoint(CAMPAIGNS / name))
