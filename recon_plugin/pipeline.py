@@ -104,15 +104,25 @@ def build_reconstructor(settings: GadgetSettings) -> Reconstructor:
     return _ROUTED[key]
 
 
-def _resident_key(settings: GadgetSettings, weights: Path) -> tuple[str, str, int, str]:
-    return (str(Path(weights).resolve()), settings.device, settings.batch_size, settings.fast_path)
+def _resident_key(settings: GadgetSettings, weights: Path) -> tuple[str, str, int, str, int]:
+    return (
+        str(Path(weights).resolve()),
+        settings.device,
+        settings.batch_size,
+        settings.fast_path,
+        settings.phase_average,
+    )
 
 
 def _resident_rgancs(settings: GadgetSettings, weights: Path) -> RGANCS:
     key = _resident_key(settings, weights)
     if key not in _RESIDENT:
         _RESIDENT[key] = RGANCS(
-            weights, device=settings.device, batch_size=settings.batch_size, fast_path=settings.fast_path
+            weights,
+            device=settings.device,
+            batch_size=settings.batch_size,
+            fast_path=settings.fast_path,
+            phase_average=settings.phase_average or None,
         )
     return _RESIDENT[key]
 

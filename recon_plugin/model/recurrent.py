@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cmath
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
@@ -45,6 +46,8 @@ class ModelConfig:
     global_skip: bool = False
     norm: Norm = "batch"
     output_gain: bool = False
+    #: Inference only: average N passes over the data rotated by the global phases e^{2 pi i k / N} (1 = one pass).
+    phase_average: int = 1
 
     def __post_init__(self) -> None:
         for f in fields(self):  # a sidecar is JSON: "32" or 32.0 where an int belongs is an error, not a guess
@@ -77,6 +80,10 @@ class ModelConfig:
             raise ValueError(f"cg_lambda (the initial lambda) must be a positive number, got {self.cg_lambda}")
         if self.channels not in (1, 2):
             raise ValueError(f"channels must be 1 (magnitude) or 2 (real, imaginary), got {self.channels}")
+        if self.phase_average < 1 or (self.phase_average > 1 and self.channels != 2):
+            raise ValueError(
+                f"phase_average must be >= 1, and 1 for a magnitude (1-channel) model; got {self.phase_average}"
+            )
 
     def to_dict(self) -> dict:
         """Plain dict for JSON."""
@@ -95,6 +102,10 @@ class RecurrentProximalNet(nn.Module):
     ``init``: x_0 = A^H y ("adjoint") or ``init_iterations`` steps of CG-SENSE ("cg_sense").
     ``output_gain``: scale x_K by the real gain that best fits the measured samples (:func:`data_gain`); it has
     no weights, and corrects the network's overall shrinkage of the image's intensity.
+    ``phase_average`` N > 1 (eval mode only): the mean of N passes over the data rotated by e^{2 pi i k / N}, each
+    rotated back. The SENSE model commutes with a global phase, so every pass is a valid reconstruction; the
+    network is only approximately phase-equivariant (it learned that from augmentation), so the mean is a small
+    ensemble at N times the cost.
     """
 
     def __init__(self, config: ModelConfig | None = None, **overrides: object) -> None:
@@ -131,6 +142,25 @@ class RecurrentProximalNet(nn.Module):
         self, y: torch.Tensor, op: ForwardModel, x0: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Reconstruct from measurements ``y``; returns (final image, outputs of every copy)."""
+        n = self.config.phase_average
+        if n == 1 or self.training:
+            return self._forward(y, op, x0)
+        if not torch.is_complex(y):
+            raise TypeError(f"phase_average needs complex measurements, got {y.dtype}")
+        final: torch.Tensor | None = None
+        outputs: list[torch.Tensor] = []
+        for k in range(n):
+            turn = torch.tensor(cmath.exp(2j * math.pi * k / n), dtype=y.dtype, device=y.device)
+            x, xs = self._forward(y * turn, op, None if x0 is None else x0 * turn)
+            x, xs = x * turn.conj(), [v * turn.conj() for v in xs]
+            final = x if final is None else final + x
+            outputs = xs if not outputs else [a + b for a, b in zip(outputs, xs, strict=True)]
+        assert final is not None
+        return final / n, [v / n for v in outputs]
+
+    def _forward(
+        self, y: torch.Tensor, op: ForwardModel, x0: torch.Tensor | None
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         c = self.config
         if x0 is not None:
             x = x0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -36,6 +37,8 @@ class RGANCS(Reconstructor):
 
     ``fast_path`` picks the inference optimisations (see :mod:`.fast_paths`; "auto" = the device's default);
     ``batch_size`` None (or 0) = the device's default (:func:`default_batch_size`).
+    ``phase_average`` None (or 0) = the bundle's; N > 1 averages N global-phase rotations of each slice
+    (:class:`~recon_plugin.model.recurrent.RecurrentProximalNet`), at N times the network's cost.
 
     Each slice is divided by a robust scale of its zero-filled image (as in
     training, from the bundle's sidecar), reconstructed, and scaled back.
@@ -49,6 +52,7 @@ class RGANCS(Reconstructor):
         device: str | torch.device | None = None,
         batch_size: int | None = None,
         fast_path: str | FastPath = "auto",
+        phase_average: int | None = None,
     ) -> None:
         self.device = resolve_device(device)
         self.fast_path = fast_path if isinstance(fast_path, FastPath) else FastPath.parse(fast_path, self.device)
@@ -59,6 +63,12 @@ class RGANCS(Reconstructor):
                 "MR reconstruction needs a complex (2-channel) model"
             )
         self.fast = FastModel(self.bundle.model, self.fast_path, self.device)  # a private copy on the device
+        if phase_average:
+            try:
+                self.fast.net.config = dataclasses.replace(self.fast.net.config, phase_average=int(phase_average))
+            except ValueError as exc:
+                raise BundleMismatchError(f"phase_average {phase_average!r} for {self.bundle.name}: {exc}") from exc
+        self.phase_average = self.fast.net.config.phase_average
         norm = self.bundle.normalisation
         if norm.get("kind") != "percentile":
             raise BundleMismatchError(f"unknown normalisation {norm!r} in bundle {self.bundle.name}")
@@ -95,6 +105,7 @@ class RGANCS(Reconstructor):
                 "weights_sha256": self.bundle.sha256,
                 "device": str(self.device),
                 "fast_path": self.fast_path.name,
+                "phase_average": self.phase_average,
                 "seconds": seconds,
                 "dc_residual": residuals[j],
                 "acceleration": problem.acceleration,
