@@ -199,6 +199,39 @@ def test_smoothed_draws_follow_the_fraction_and_explain_their_data():
         simulation(smooth_fraction=0.5, smooth_range=(0.0, 0.2))
 
 
+def _realness(x: np.ndarray) -> float:
+    """|sum x^2| / sum |x|^2 over the object: 1 for an image that is real up to one global phase."""
+    v = x[np.abs(x) > 0.1 * np.abs(x).max()]
+    return float(np.abs((v**2).sum()) / (np.abs(v) ** 2).sum())
+
+
+def test_phase_draws_follow_the_fraction_and_explain_their_data():
+    images = textured_slices(4).astype(np.complex64)  # complex slices that are real: the SIAT slices nearly are
+    quiet = {"noise_range": (0.0, 0.0)}
+    plain = ImageArraySlices(images, scanner=simulation(**quiet), seed=3, augment=False)
+    off = ImageArraySlices(images, scanner=simulation(**quiet, phase_fraction=0.0), seed=3, augment=False)
+    a, b = plain.batch([0, 1, 2]), off.batch([0, 1, 2])
+    assert torch.equal(a.y, b.y) and not any(d["phase"] for d in off.last_draws)  # 0: nothing drawn
+    assert all(_realness(x) > 0.9 for x in a.x.numpy())
+    on = ImageArraySlices(images, scanner=simulation(**quiet, phase_fraction=1.0), seed=3, augment=False)
+    p = on.batch([0, 1, 2])
+    assert all(d["phase"] for d in on.last_draws)
+    for turned, plain_x in zip(p.x.numpy(), a.x.numpy(), strict=True):
+        assert _realness(turned) < 0.8  # the phase varies over the object now
+        np.testing.assert_allclose(np.abs(turned), np.abs(plain_x), rtol=0.05, atol=0.02 * np.abs(plain_x).max())
+    residual = (p.op.forward(p.x) - p.y).norm() / p.y.norm()  # the phased image is what was measured
+    assert float(residual) < 0.1
+    half = ImageArraySlices(images, scanner=simulation(**quiet, phase_fraction=0.5), seed=3, augment=False)
+    drawn: list[bool] = []
+    for _ in range(20):
+        half.batch([0, 1])
+        drawn += [d["phase"] for d in half.last_draws]
+    assert 8 <= sum(drawn) <= 32  # about half of 40
+    for bad in ({"phase_fraction": 1.5}, {"phase_radians": 0.0}, {"phase_radians": float("nan")}):
+        with pytest.raises(InvalidInputError, match="phase_"):
+            simulation(**bad)
+
+
 # ---------------------------------------------------------------- config, bundle, learning
 def scanner_raw(path: Path, out: Path, **data) -> dict:
     return {
@@ -251,12 +284,21 @@ def test_scanner_config_keys_are_checked(tmp_path: Path):
         ({"smooth_fraction": -0.1}, "[data].smooth_fraction"),
         ({"smooth_range": [0.5, 0.2]}, "[data].smooth_range"),
         ({"smooth_range": [0.0, 0.2]}, "[data].smooth_range"),
+        ({"phase_fraction": 2.0}, "[data].phase_fraction"),
+        ({"phase_radians": -1.0}, "[data].phase_radians"),
     ):
         with pytest.raises(TrainingConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):
             config_from_dict(scanner_raw(path, tmp_path / "run", **data))
     raw = scanner_raw(path, tmp_path / "run", simulation="simple")
     with pytest.raises(TrainingConfigError, match="only used with simulation"):
         config_from_dict(raw)
+    for key in ("smooth_fraction", "phase_fraction"):
+        raw = scanner_raw(path, tmp_path / "run", simulation="simple")
+        for k in ("mask_mixture", "uniform_calib", "coil_range", "noise_range"):
+            raw["data"].pop(k, None)
+        raw["data"][key] = 0.5
+        with pytest.raises(TrainingConfigError, match=rf"\[data\]\.{key}.*only used with simulation"):
+            config_from_dict(raw)
 
 
 def test_cg_model_learns_on_multicoil_examples(tmp_path: Path):

@@ -14,7 +14,8 @@ file's folder. Whether the data exist is checked when the Trainer is built, not 
   count in ``coil_range``, ``single_coil_fraction`` single-coil examples, correlated noise in
   ``noise_range``, masks from ``mask_mixture`` entries like "radial:4-8" / "uniform:2-4" with
   ``uniform_calib`` ACS lines, maps estimated from each example's ACS when ``estimate_maps``, a share
-  ``smooth_fraction`` of the images smoothed by a Gaussian k-space taper of width in ``smooth_range``);
+  ``smooth_fraction`` of the images smoothed by a Gaussian k-space taper of width in ``smooth_range``, a share
+  ``phase_fraction`` multiplied by a smooth random phase map within +-``phase_radians``);
   ``crop``; with ``random_crop`` training slices are
   cropped at a new random position per draw and validation slices stay whole); split by ``train_range``/``val_range``,
   by SIAT blocks (``train_blocks``/``val_blocks``, 10 slices each) or by ``val_fraction``.
@@ -98,6 +99,9 @@ class DataConfig:
     #: log-uniform in ``smooth_range`` (fractions of the matrix; default [0.2, 0.6]).
     smooth_fraction: float = 0.0
     smooth_range: list[float] | None = None
+    #: Share of the scanner simulation's images multiplied by a smooth random phase map within +-``phase_radians``.
+    phase_fraction: float = 0.0
+    phase_radians: float = math.pi
     #: Matrix sides drawn per training batch (each axis independently from the list), e.g. [96, 128, 192, 256].
     sizes: list[int] | None = None
     #: Simulated batches held in the bank that training samples (0 = simulate every batch inline).
@@ -216,8 +220,9 @@ class DataConfig:
             for key in scanner_keys:
                 if getattr(self, key) is not None:
                     raise _fail(s, key, 'only used with simulation = "scanner"')
-            if self.smooth_fraction != 0:
-                raise _fail(s, "smooth_fraction", 'only used with simulation = "scanner"')
+            for key in ("smooth_fraction", "phase_fraction"):
+                if getattr(self, key) != 0:
+                    raise _fail(s, key, 'only used with simulation = "scanner"')
             return
         if self.kind != "images":
             raise _fail(s, "simulation", 'the scanner simulation is for kind = "images"')
@@ -231,13 +236,15 @@ class DataConfig:
             pair = getattr(self, key)
             if pair is not None and (len(pair) != 2 or not lo <= pair[0] <= pair[1]):
                 raise _fail(s, key, f"expected [low, high] with {lo} <= low <= high, got {pair}")
-        for key in ("real_map_fraction", "single_coil_fraction", "smooth_fraction"):
+        for key in ("real_map_fraction", "single_coil_fraction", "smooth_fraction", "phase_fraction"):
             if not 0 <= getattr(self, key) <= 1:
                 raise _fail(s, key, f"must be in [0, 1], got {getattr(self, key)}")
         if self.smooth_range is not None and (
             len(self.smooth_range) != 2 or not 0 < self.smooth_range[0] <= self.smooth_range[1]
         ):
             raise _fail(s, "smooth_range", f"expected [low, high] with 0 < low <= high, got {self.smooth_range}")
+        if not (math.isfinite(self.phase_radians) and self.phase_radians > 0):
+            raise _fail(s, "phase_radians", f"must be a positive number of radians, got {self.phase_radians}")
 
 
 @dataclass
@@ -401,6 +408,7 @@ _MODEL_KEYS = (
     "global_skip",
     "norm",
     "output_gain",
+    "phase_average",
 )
 
 

@@ -288,6 +288,9 @@ class ImageArraySlices:
             smooth = sim.draw_smoothing(rng)
             if smooth is not None:
                 img = kspace_taper(img, smooth)
+            phase = sim.draw_phase(img.shape, rng)
+            if phase is not None:
+                img = (img * np.exp(1j * phase)).astype(np.complex64)
             maps = sim.coils.draw_maps(kind, coils, index, self.shape, rng)
             mask, info = draw_mask(sim.masks, self.shape, rng, sim.uniform_calib)
             coil_img = img[None] if maps is None else maps * img[None]
@@ -307,7 +310,9 @@ class ImageArraySlices:
             xs.append(ref.astype(np.complex64))
             masks.append(mask)
             maps_used.append(used)
-            draws.append({**info, "coils": coils, "maps": kind, "noise": level, "smooth": smooth})
+            draws.append(
+                {**info, "coils": coils, "maps": kind, "noise": level, "smooth": smooth, "phase": phase is not None}
+            )
         self.last_draws = draws
         mask_t = torch.from_numpy(np.stack(masks))
         maps_t = None if maps_used[0] is None else torch.from_numpy(np.stack(maps_used))
