@@ -52,3 +52,15 @@ def test_study_files_load_and_every_variant_is_a_valid_config(path):
     assert len({c.optim.steps for c in configs}) == 1  # an equal budget
     assert len({str(sorted(vars(c.data).items())) for c in configs}) == 1  # the same data and masks
     assert all(c.run.init_weights == "" for c in configs)  # every variant from scratch
+
+
+def test_every_model_setting_round_trips_through_a_training_config():
+    """The producers rebuild a run's configuration from its dict: every ModelConfig field must be a known key."""
+    from dataclasses import fields
+
+    from recon_plugin.model import ModelConfig
+    from training.config import _MODEL_KEYS, config_from_dict
+
+    assert set(_MODEL_KEYS) == {f.name for f in fields(ModelConfig)}
+    raw = {"model": ModelConfig(features=8, phase_average=2).to_dict(), "data": {"path": "x.npy"}}
+    assert config_from_dict(raw).model.phase_average == 2
