@@ -147,11 +147,12 @@ class RecurrentProximalNet(nn.Module):
             return self._forward(y, op, x0)
         if not torch.is_complex(y):
             raise TypeError(f"phase_average needs complex measurements, got {y.dtype}")
+        x0 = self._initial(y, op) if x0 is None else x0  # linear in y: computed once, turned with the data
         final: torch.Tensor | None = None
         outputs: list[torch.Tensor] = []
         for k in range(n):
             turn = torch.tensor(cmath.exp(2j * math.pi * k / n), dtype=y.dtype, device=y.device)
-            x, xs = self._forward(y * turn, op, None if x0 is None else x0 * turn)
+            x, xs = self._forward(y * turn, op, x0 * turn)
             x, xs = x * turn.conj(), [v * turn.conj() for v in xs]
             final = x if final is None else final + x
             outputs = xs if not outputs else [a + b for a, b in zip(outputs, xs, strict=True)]
@@ -162,14 +163,7 @@ class RecurrentProximalNet(nn.Module):
         self, y: torch.Tensor, op: ForwardModel, x0: torch.Tensor | None
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         c = self.config
-        if x0 is not None:
-            x = x0
-        elif c.init == "cg_sense":
-            # no weights in the initial image: without a gradient to y there is nothing to record for backward
-            with torch.set_grad_enabled(torch.is_grad_enabled() and y.requires_grad):
-                x = self._require(op, "cg_sense")(y, c.init_iterations)
-        else:
-            x = op.adjoint(y)
+        x = self._initial(y, op) if x0 is None else x0
         outputs: list[torch.Tensor] = []
         for k in range(c.copies):
             z = self._from_net(self.proximal(k)(self._to_net(x)))
@@ -187,6 +181,14 @@ class RecurrentProximalNet(nn.Module):
             x = data_gain(x, y, op) * x
             outputs[-1] = x
         return x, outputs
+
+    def _initial(self, y: torch.Tensor, op: ForwardModel) -> torch.Tensor:
+        """x_0: ``init_iterations`` CG-SENSE steps or A^H y."""
+        if self.config.init == "cg_sense":
+            # no weights in the initial image: without a gradient to y there is nothing to record for backward
+            with torch.set_grad_enabled(torch.is_grad_enabled() and y.requires_grad):
+                return self._require(op, "cg_sense")(y, self.config.init_iterations)
+        return op.adjoint(y)
 
     def _require(self, op: object, method: str) -> Callable[..., torch.Tensor]:
         fn = getattr(op, method, None)
