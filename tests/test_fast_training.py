@@ -121,6 +121,8 @@ def base(tmp_path: Path, **data: object) -> dict:
         ({"sizes": [8, 32]}, {}, "[data].sizes"),
         ({"sizes": []}, {}, "[data].sizes"),
         ({"real_val_names": ["a"]}, {}, "[data].real_val_names"),
+        ({"real_val_cg_iterations": 4}, {}, "[data].real_val_cg_iterations"),  # without real_val_path
+        ({"real_val_cg_iterations": -1}, {}, "[data].real_val_cg_iterations"),
         ({"paths": ["a.npy"]}, {}, "[data].paths"),  # path and paths together
         ({}, {"bf16": "sometimes"}, "[run].bf16"),
     ],

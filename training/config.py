@@ -115,6 +115,9 @@ class DataConfig:
     #: Real fully sampled multi-coil k-space validated on during training (a folder of *_kspace.npy).
     real_val_path: str = ""
     real_val_names: list[str] | None = None
+    #: CG steps per copy in the real-data validation (0 = the model's own): the inference setting of the bundle, when
+    #: training runs fewer (a "cg" model only).
+    real_val_cg_iterations: int = 0
     #: Training-only image files added to ``paths`` (never validated on), each a table ``{path = "...",
     #: slices = [first, stop], exclude = [[a, b], ...]}`` (half-open slice ranges, both optional). Their slices are
     #: centre-padded or cropped to the main files' matrix; magnitude files get a smooth random phase per draw.
@@ -191,6 +194,10 @@ class DataConfig:
                 raise _fail(s, "sizes", f"expected a non-empty list of sides >= 16, got {self.sizes}")
         if self.real_val_names is not None and not self.real_val_path:
             raise _fail(s, "real_val_names", "needs real_val_path (the folder of *_kspace.npy files)")
+        if not isinstance(self.real_val_cg_iterations, int) or self.real_val_cg_iterations < 0:
+            raise _fail(s, "real_val_cg_iterations", f"must be an integer >= 0, got {self.real_val_cg_iterations!r}")
+        if self.real_val_cg_iterations and not self.real_val_path:
+            raise _fail(s, "real_val_cg_iterations", "needs real_val_path (the folder of *_kspace.npy files)")
 
     def _check_train_extra(self) -> None:
         if self.train_extra is None:
@@ -361,6 +368,8 @@ class TrainConfig:
         for section in (self.data, self.loss, self.optim, self.run):
             section.check()
         m = self.model
+        if self.data.real_val_cg_iterations and m.data_consistency != "cg":
+            raise _fail("data", "real_val_cg_iterations", f'needs data_consistency = "cg", got {m.data_consistency!r}')
         if self.data.kind == "sr":
             if m.channels != 1:
                 raise _fail("model", "channels", f'super-resolution (kind = "sr") needs channels = 1, got {m.channels}')

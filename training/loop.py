@@ -472,7 +472,10 @@ class Trainer:
             **self._baseline,
         }
         if self.real_val:
-            self.metrics.update(validate_real(self.model, self.real_val, self.config.data.percentile, self.device))
+            d = self.config.data
+            self.metrics.update(
+                validate_real(self.model, self.real_val, d.percentile, self.device, d.real_val_cg_iterations)
+            )
         return self.metrics
 
     # ------------------------------------------------------------------ logging

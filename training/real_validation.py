@@ -9,6 +9,7 @@ slice, as on the scanner, and built once.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -56,18 +57,24 @@ def real_validation_cases(d: DataConfig) -> list[Case]:
 
 @torch.no_grad()
 def validate_real(
-    model: torch.nn.Module, cases: list[Case], percentile: float, device: torch.device
+    model: torch.nn.Module, cases: list[Case], percentile: float, device: torch.device, cg_iterations: int = 0
 ) -> dict[str, float]:
-    """Mean SNR / SSIM of ``model`` on the cases (normalised and scaled back exactly as ``RGANCS`` does)."""
-    was_training = model.training
+    """Mean SNR / SSIM of ``model`` on the cases (normalised and scaled back exactly as ``RGANCS`` does), with
+    ``cg_iterations`` CG steps per copy when > 0 (the model's own setting is restored afterwards)."""
+    was_training, config = model.training, model.config
     model.eval()
+    if cg_iterations:
+        model.config = replace(config, cg_iterations=cg_iterations)
     snrs, ssims = [], []
-    for case in cases:
-        op, y = batch_operator([case.problem], device)
-        scale = robust_scale(op.adjoint(y), percentile)
-        x, _ = model(y / scale[:, None, None, None], op)
-        image = (x * scale[:, None, None])[0].cpu().numpy()
-        snrs.append(snr_db(case.reference, image))
-        ssims.append(ssim(case.reference, image))
-    model.train(was_training)
+    try:
+        for case in cases:
+            op, y = batch_operator([case.problem], device)
+            scale = robust_scale(op.adjoint(y), percentile)
+            x, _ = model(y / scale[:, None, None, None], op)
+            image = (x * scale[:, None, None])[0].cpu().numpy()
+            snrs.append(snr_db(case.reference, image))
+            ssims.append(ssim(case.reference, image))
+    finally:
+        model.config = config
+        model.train(was_training)
     return {"real_snr_db": float(np.mean(snrs)), "real_ssim": float(np.mean(ssims))}
