@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from recon_plugin.evaluation import image_case
 from recon_plugin.masks import make_mask
 from recon_plugin.model import RecurrentProximalNet
 from recon_plugin.simulate import with_smooth_phase
+from training.config import config_from_dict
+from training.errors import TrainingConfigError
 from training.real_validation import validate_real
 
 
@@ -42,3 +45,15 @@ def test_validation_runs_the_asked_cg_steps_and_restores_the_model() -> None:
     assert at_four == validate_real(reference, cases, 99.0, torch.device("cpu"))
     assert at_four["real_snr_db"] != as_trained["real_snr_db"]
     assert validate_real(net, cases, 99.0, torch.device("cpu")) == as_trained
+
+
+def test_the_setting_is_refused_for_a_model_without_cg(tmp_path) -> None:
+    raw = {
+        "model": {"data_consistency": "gradient"},
+        "data": {"path": str(tmp_path / "x.npy"), "real_val_path": str(tmp_path), "real_val_cg_iterations": 4},
+        "run": {"out": str(tmp_path / "run")},
+    }
+    with pytest.raises(TrainingConfigError, match=r"real_val_cg_iterations.*data_consistency"):
+        config_from_dict(raw)
+    raw["model"]["data_consistency"] = "cg"
+    assert config_from_dict(raw).data.real_val_cg_iterations == 4
