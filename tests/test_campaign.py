@@ -42,6 +42,7 @@ def test_campaign_resumes_from_the_committed_checkpoint(name: str, tmp_path: Pat
     config = load_config(CAMPAIGNS / name / "config.toml")
     config.run.out = str(folder)
     config.data.bank_workers, config.data.real_val_path = 0, ""  # in this process; real validation not needed
+    config.data.real_val_cg_iterations = 0  # its setting goes with it
     config.run.validate_every = config.run.checkpoint_every = 0
     if config.run.device == "cuda" and not torch.cuda.is_available():
         config.run.device = "cpu"  # a GPU campaign continues on a CPU: the device is not part of the state
