@@ -12,6 +12,7 @@ from recon_plugin.model import RecurrentProximalNet
 from recon_plugin.simulate import with_smooth_phase
 from training.config import config_from_dict
 from training.errors import TrainingConfigError
+from training.loop import _comparable, _differences
 from training.real_validation import validate_real
 
 
@@ -57,3 +58,16 @@ def test_the_setting_is_refused_for_a_model_without_cg(tmp_path) -> None:
         config_from_dict(raw)
     raw["model"]["data_consistency"] = "cg"
     assert config_from_dict(raw).data.real_val_cg_iterations == 4
+
+
+def test_a_resume_may_change_how_real_data_is_validated(tmp_path) -> None:
+    raw = {
+        "model": {"data_consistency": "cg"},
+        "data": {"path": str(tmp_path / "x.npy"), "real_val_path": str(tmp_path), "real_val_cg_iterations": 4},
+        "run": {"out": str(tmp_path / "run")},
+    }
+    before = config_from_dict(raw).to_dict()
+    raw["data"]["real_val_cg_iterations"] = 0
+    assert not _differences(_comparable(before), _comparable(config_from_dict(raw).to_dict()))
+    raw["data"]["crop"] = 64  # a training setting still counts
+    assert _differences(_comparable(before), _comparable(config_from_dict(raw).to_dict()))
