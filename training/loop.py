@@ -125,8 +125,17 @@ def _comparable(config: dict[str, Any]) -> dict[str, Any]:
     out["model"] = {**ModelConfig().to_dict(), **out.get("model", {})}
     out["optim"] = {**asdict(OptimConfig()), **out.get("optim", {})}
     out["data"] = {**asdict(DataConfig()), **out.get("data", {})}
-    where = ("path", "paths", "val_path", "coil_kspace", "real_val_path", "real_val_cg_iterations", "bank_workers")
-    for key in (*where, "bank_nice"):  # where and how (and how it is validated), not what is trained
+    where = (
+        "path",
+        "paths",
+        "val_path",
+        "coil_kspace",
+        "real_val_path",
+        "bank_workers",
+        "bank_nice",
+        "real_val_cg_iterations",  # how the run is validated, not what it trains
+    )
+    for key in where:  # where and how, not what
         out["data"].pop(key, None)
     if out["data"].get("train_extra"):  # the files' names and slices, not where they lie
         out["data"]["train_extra"] = [
