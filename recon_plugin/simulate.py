@@ -9,11 +9,16 @@ from .physics import fft2c
 from .problem import Problem
 
 
-def smooth_phase(shape: tuple[int, int], rng: np.random.Generator, max_radians: float = np.pi) -> np.ndarray:
-    """A smooth random phase map in [-max_radians, max_radians] (low-resolution noise, upsampled, blurred)."""
-    coarse = rng.standard_normal((4, 4))
-    field = zoom(coarse, (shape[0] / 4, shape[1] / 4), order=3)[: shape[0], : shape[1]]
-    field = gaussian_filter(field, sigma=max(shape) / 16)
+def smooth_phase(
+    shape: tuple[int, int], rng: np.random.Generator, max_radians: float = np.pi, grid: int = 4
+) -> np.ndarray:
+    """A smooth random phase map in [-max_radians, max_radians]: ``grid`` x ``grid`` Gaussian noise, upsampled
+    (cubic) and blurred with sigma = max(shape) / (4 grid), so a finer grid gives a phase varying on a finer scale."""
+    if grid < 2:
+        raise ValueError(f"smooth_phase: grid must be >= 2, got {grid}")
+    coarse = rng.standard_normal((grid, grid))
+    field = zoom(coarse, (shape[0] / grid, shape[1] / grid), order=3)[: shape[0], : shape[1]]
+    field = gaussian_filter(field, sigma=max(shape) / (4 * grid))
     field = field / (np.abs(field).max() or 1.0)
     return (max_radians * field).astype(np.float32)
 

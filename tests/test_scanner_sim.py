@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 import torch
 from conftest import ellipse_slices
+from scipy import ndimage
 
 from recon_plugin.errors import InvalidInputError, MaskSpecError
 from recon_plugin.masks import fully_sampled_centre
 from recon_plugin.model import load_bundle
 from recon_plugin.physics import fft2c
-from recon_plugin.simulate import birdcage_coil_maps, normalise_maps
+from recon_plugin.simulate import birdcage_coil_maps, normalise_maps, smooth_phase
 from training.config import config_from_dict
 from training.datasets import ImageArraySlices
 from training.datasets.scanner_sim import (
@@ -232,6 +233,33 @@ def test_phase_draws_follow_the_fraction_and_explain_their_data():
             simulation(**bad)
 
 
+def _phase_roughness(phase: np.ndarray, sigma: float = 8.0) -> float:
+    """RMS of the phase left after a Gaussian blur of the unit phasor (radians): how much it varies within sigma."""
+    z = np.exp(1j * phase)
+    blurred = ndimage.gaussian_filter(z.real, sigma) + 1j * ndimage.gaussian_filter(z.imag, sigma)
+    return float(np.sqrt(np.mean(np.angle(z * np.conj(blurred)) ** 2)))
+
+
+def test_finer_phase_grids_vary_on_finer_scales_and_one_grid_keeps_the_draws():
+    rng = np.random.default_rng(0)
+    rough = {g: np.mean([_phase_roughness(smooth_phase((128, 128), rng, grid=g)) for _ in range(6)]) for g in (4, 16)}
+    assert rough[16] > 2 * rough[4]  # a 16x16 grid varies within 8 pixels, a 4x4 one hardly
+    for grid in (4, 16):
+        assert np.abs(smooth_phase((96, 64), np.random.default_rng(1), 2.0, grid=grid)).max() == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="grid"):
+        smooth_phase((32, 32), rng, grid=1)
+    images = textured_slices(4).astype(np.complex64)
+    quiet = {"noise_range": (0.0, 0.0), "phase_fraction": 1.0}
+    default = ImageArraySlices(images, scanner=simulation(**quiet), seed=3, augment=False)
+    one = ImageArraySlices(images, scanner=simulation(**quiet, phase_grids=(4,)), seed=3, augment=False)
+    assert torch.equal(default.batch([0, 1]).y, one.batch([0, 1]).y)  # the single-scale phase, same draws
+    mixed = ImageArraySlices(images, scanner=simulation(**quiet, phase_grids=(4, 16)), seed=3, augment=False)
+    assert not torch.equal(default.batch([0, 1]).y, mixed.batch([0, 1]).y)
+    for bad in ((), (1,), (4, 2.5)):
+        with pytest.raises(InvalidInputError, match="phase_grids"):
+            simulation(phase_grids=bad)
+
+
 # ---------------------------------------------------------------- config, bundle, learning
 def scanner_raw(path: Path, out: Path, **data) -> dict:
     return {
@@ -286,6 +314,8 @@ def test_scanner_config_keys_are_checked(tmp_path: Path):
         ({"smooth_range": [0.0, 0.2]}, "[data].smooth_range"),
         ({"phase_fraction": 2.0}, "[data].phase_fraction"),
         ({"phase_radians": -1.0}, "[data].phase_radians"),
+        ({"phase_grids": [4, 1]}, "[data].phase_grids"),
+        ({"phase_grids": []}, "[data].phase_grids"),
     ):
         with pytest.raises(TrainingConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):
             config_from_dict(scanner_raw(path, tmp_path / "run", **data))

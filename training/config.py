@@ -15,7 +15,8 @@ file's folder. Whether the data exist is checked when the Trainer is built, not 
   ``noise_range``, masks from ``mask_mixture`` entries like "radial:4-8" / "uniform:2-4" with
   ``uniform_calib`` ACS lines, maps estimated from each example's ACS when ``estimate_maps``, a share
   ``smooth_fraction`` of the images smoothed by a Gaussian k-space taper of width in ``smooth_range``, a share
-  ``phase_fraction`` multiplied by a smooth random phase map within +-``phase_radians``);
+  ``phase_fraction`` multiplied by a smooth random phase map within +-``phase_radians`` on a coarse grid drawn
+  from ``phase_grids``);
   ``crop``; with ``random_crop`` training slices are
   cropped at a new random position per draw and validation slices stay whole); split by ``train_range``/``val_range``,
   by SIAT blocks (``train_blocks``/``val_blocks``, 10 slices each) or by ``val_fraction``.
@@ -102,6 +103,9 @@ class DataConfig:
     #: Share of the scanner simulation's images multiplied by a smooth random phase map within +-``phase_radians``.
     phase_fraction: float = 0.0
     phase_radians: float = math.pi
+    #: Coarse grid sizes of the phase map, one drawn per image (None = [4]: the phase varies over about a quarter
+    #: of the matrix; 16 varies over a sixteenth).
+    phase_grids: list[int] | None = None
     #: Matrix sides drawn per training batch (each axis independently from the list), e.g. [96, 128, 192, 256].
     sizes: list[int] | None = None
     #: Simulated batches held in the bank that training samples (0 = simulate every batch inline).
@@ -222,7 +226,15 @@ class DataConfig:
         s = "data"
         if self.simulation not in SIMULATIONS:
             raise _fail(s, "simulation", f"unknown simulation {self.simulation!r}; use one of {', '.join(SIMULATIONS)}")
-        scanner_keys = ("mask_mixture", "uniform_calib", "coil_range", "coil_kspace", "noise_range", "smooth_range")
+        scanner_keys = (
+            "mask_mixture",
+            "uniform_calib",
+            "coil_range",
+            "coil_kspace",
+            "noise_range",
+            "smooth_range",
+            "phase_grids",
+        )
         if self.simulation != "scanner":
             for key in scanner_keys:
                 if getattr(self, key) is not None:
@@ -252,6 +264,9 @@ class DataConfig:
             raise _fail(s, "smooth_range", f"expected [low, high] with 0 < low <= high, got {self.smooth_range}")
         if not (math.isfinite(self.phase_radians) and self.phase_radians > 0):
             raise _fail(s, "phase_radians", f"must be a positive number of radians, got {self.phase_radians}")
+        grids = self.phase_grids
+        if grids is not None and (not grids or any(type(g) is not int or g < 2 for g in grids)):
+            raise _fail(s, "phase_grids", f"expected a list of integers >= 2, got {self.phase_grids}")
 
 
 @dataclass

@@ -142,6 +142,7 @@ def scanner_simulation(d: DataConfig) -> ScannerSimulation | None:
         smooth_range=tuple(d.smooth_range or (0.2, 0.6)),  # type: ignore[arg-type]
         phase_fraction=d.phase_fraction,
         phase_radians=d.phase_radians,
+        phase_grids=tuple(d.phase_grids or (4,)),
     )
 
 

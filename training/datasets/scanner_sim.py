@@ -15,7 +15,8 @@ example here from a seeded ``numpy`` Generator:
   falls off as fast as that of real scans (the SIAT training slices carry more of their energy in the outer
   k-space than the real brains do).
 * **Phase** (optional, ``phase_fraction``): a share of the images is multiplied by a smooth random phase map
-  (:func:`recon_plugin.simulate.smooth_phase`, within +-``phase_radians``). The SIAT slices are nearly real
+  (:func:`recon_plugin.simulate.smooth_phase`, within +-``phase_radians``, on a coarse grid drawn from
+  ``phase_grids``: 4 varies over about a quarter of the matrix, 16 over a sixteenth). The SIAT slices are nearly real
   up to one global phase (``|sum x^2| / sum |x|^2`` about 0.97 over the brain), while the real brains combined
   with their ESPIRiT maps are not (0.14-0.49): their phase spreads over 0.75-1.6 rad.
 
@@ -281,8 +282,11 @@ class ScannerSimulation:
     smooth_range: tuple[float, float] = (0.2, 0.6)
     phase_fraction: float = 0.0
     phase_radians: float = math.pi
+    phase_grids: tuple[int, ...] = (4,)
 
     def __post_init__(self) -> None:
+        if not self.phase_grids or any(int(g) != g or g < 2 for g in self.phase_grids):
+            raise InvalidInputError(f"phase_grids must be integers >= 2, got {list(self.phase_grids)}")
         if not 0 <= self.phase_fraction <= 1:
             raise InvalidInputError(f"phase_fraction must be in [0, 1], got {self.phase_fraction}")
         if not (math.isfinite(self.phase_radians) and self.phase_radians > 0):
@@ -324,7 +328,9 @@ class ScannerSimulation:
         so the other draws stay those of a simulation without this option)."""
         if self.phase_fraction <= 0 or rng.random() >= self.phase_fraction:
             return None
-        return smooth_phase(shape, rng, self.phase_radians)
+        # one grid: nothing drawn for it, so the draws stay those of the single-scale phase
+        grid = self.phase_grids[0] if len(self.phase_grids) == 1 else int(rng.choice(self.phase_grids))
+        return smooth_phase(shape, rng, self.phase_radians, grid=grid)
 
     def estimate(self, y: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """ESPIRiT maps from the example's own undersampled calibration region: ``Problem.coil_maps``, the
@@ -357,7 +363,9 @@ class ScannerSimulation:
                 {
                     "phase_fraction": self.phase_fraction,
                     "phase_radians": self.phase_radians,
-                    "phase": "smooth random phase map (4x4 noise, upsampled, blurred) within +-phase_radians",
+                    "phase_grids": list(self.phase_grids),
+                    "phase": "smooth random phase map (GxG noise, G drawn from phase_grids, upsampled, blurred) "
+                    "within +-phase_radians",
                 }
                 if self.phase_fraction > 0
                 else {}
