@@ -37,13 +37,19 @@ from recon_plugin.metrics import snr_db
 from recon_plugin.physics import fft2c, ifft2c
 from recon_plugin.problem import Problem
 from recon_plugin.simulate import birdcage_coil_maps
-from training.datasets.scanner_sim import _augment_real as augment_real_maps
-from training.datasets.scanner_sim import correlated_noise, real_maps_from_kspace
+from training.datasets.scanner_sim import CoilModel, correlated_noise, real_maps_from_kspace
 from training.evaluate import build_methods
 from training.real_validation import REAL_BRAINS, REAL_VAL_SEED
 
 SIAT = "siat_brain_complex/images_lsq001-160.npy"
 EIGHT_CHANNEL = ("marcsous_head_8ch", "jiawang_brain_8ch")
+
+
+def real_coils(data: Path) -> CoilModel:
+    """The simulation's coil family with the ESPIRiT maps of the two real 8-channel brains (augmented per draw)."""
+    return CoilModel(
+        real_maps=[real_maps_from_kspace(data / "multicoil_kspace" / f"{n}_kspace.npy") for n in EIGHT_CHANNEL]
+    )
 
 
 def siat_slice(data: Path, index: int) -> np.ndarray:
@@ -70,14 +76,14 @@ def probe_out_of_span(data: Path) -> None:
         inside, outside = out_of_span(ifft2c(full), case.problem.coil_maps(), case.reference)
         print(f"real {name:26s} inside {100 * inside:.2f} %  outside {100 * outside:.2f} %")
     rng = np.random.default_rng(0)
-    real = [real_maps_from_kspace(data / "multicoil_kspace" / f"{n}_kspace.npy") for n in EIGHT_CHANNEL]
+    coils = real_coils(data)
     for index in (3, 55, 101, 147):
         img = siat_slice(data, index)
         for kind in ("birdcage8", "real"):
             maps = (
                 birdcage_coil_maps(img.shape, 8)
                 if kind == "birdcage8"
-                else augment_real_maps(real[index % 2], img.shape, rng)
+                else coils.draw_maps("real", 8, index % 2, img.shape, rng)
             )
             clean = maps * img[None]
             for level in (0.0, 0.03):
@@ -102,11 +108,11 @@ def mean_snr(cases: list[Case], methods: list) -> dict[str, float]:
 
 def probe_noisy_reference(data: Path, noise: float) -> None:
     rng = np.random.default_rng(1)
-    real = [real_maps_from_kspace(data / "multicoil_kspace" / f"{n}_kspace.npy") for n in EIGHT_CHANNEL]
+    coils = real_coils(data)
     noisy, clean = [], []
     for j, index in enumerate(range(140, 160, 4)):
         img = siat_slice(data, index)
-        maps = augment_real_maps(real[j % 2], img.shape, rng)
+        maps = coils.draw_maps("real", 8, j % 2, img.shape, rng)
         full_clean = fft2c(maps * img[None]).astype(np.complex64)
         rms = float(np.sqrt(np.mean(np.abs(img) ** 2)))
         full = (full_clean + correlated_noise(full_clean.shape, noise * rms, rng)[0]).astype(np.complex64)
