@@ -57,7 +57,8 @@ _COMMON = frozenset(
 _BART = frozenset({"lambda", "iterations", "time_limit", "workers"})
 #: The properties each gadget target accepts; any other is a ProtocolError (a typo must not pass silently).
 PROPERTIES: dict[str, frozenset[str]] = {
-    "rgancs": _COMMON | {"weights", "single_coil_weights", "fast_path", "batch_size", "phase_average"},
+    "rgancs": _COMMON
+    | {"weights", "single_coil_weights", "fast_path", "batch_size", "phase_average", "adapt_steps", "adapt_lr"},
     "zero_filled": _COMMON,
     "cs_wavelet": _COMMON | _BART,
     "cs_tv": _COMMON | _BART,
@@ -90,6 +91,8 @@ class GadgetSettings:
     batch_size: int = 0  # 0: the device's default (RGANCS.default_batch_size)
     fast_path: str = "auto"
     phase_average: int = 0  # 0: the bundle's (RecurrentProximalNet's phase_average)
+    adapt_steps: int = 0  # scan-specific self-supervised steps before reconstructing (recon_plugin.adaptation)
+    adapt_lr: float = 2e-4  # Adam's learning rate while adapting (AdaptSettings.lr; this module imports no torch)
     retro: RetroSettings | None = None
     series_index: int = 0
     complex_output: bool = False
@@ -103,10 +106,9 @@ class GadgetSettings:
 
     @classmethod
     def from_properties(cls, method: str, props: dict[str, str]) -> GadgetSettings:
-        """Parse properties (weights, device, batch_size, fast_path, phase_average, threads, mask, retro_acceleration,
-        seed, calib, calib_width, series_index, complex, reference; for BART CS: lambda, iterations, time_limit,
-        workers);
-        a bad value is a ProtocolError naming the property."""
+        """Parse properties (weights, device, batch_size, fast_path, phase_average, adapt_steps, adapt_lr, threads,
+        mask, retro_acceleration, seed, calib, calib_width, series_index, complex, reference; for BART CS: lambda,
+        iterations, time_limit, workers); a bad value is a ProtocolError naming the property."""
         if method not in METHODS:
             raise ProtocolError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
         known = PROPERTIES[method]
@@ -122,6 +124,8 @@ class GadgetSettings:
             fast_path=props.get("fast_path", "auto") or "auto",
             batch_size=_number(props, "batch_size", 0, int, minimum=0),
             phase_average=_number(props, "phase_average", 0, int, minimum=0),
+            adapt_steps=_number(props, "adapt_steps", 0, int, minimum=0),
+            adapt_lr=_number(props, "adapt_lr", 2e-4, float, minimum=0.0, strict=True),
             retro=retro,
             series_index=_number(props, "series_index", SERIES_INDEX[method], int, minimum=0),
             complex_output=_flag(props, "complex"),

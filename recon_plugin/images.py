@@ -27,6 +27,7 @@ _META_KEYS = {
     "retrospective": "Retrospective",
     "lambda": "Lambda",
     "iterations": "Iterations",
+    "adapt_steps": "AdaptSteps",  # RGANCS weights fine-tuned on the scan itself this many steps (not the bundle's)
 }
 
 

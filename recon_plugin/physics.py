@@ -40,14 +40,16 @@ def _centring_sign(x: torch.Tensor, axes: tuple[int, ...]) -> torch.Tensor | Non
     sign = _SIGNS.get(key)
     if sign is None:
         shape = [1] * x.ndim
-        sign = torch.ones((), dtype=x.dtype, device=x.device)
-        for a, n in zip(axes, sizes, strict=True):
-            shape_a = list(shape)
-            shape_a[a] = n
-            alt = torch.ones(n, dtype=torch.float32)
-            alt[1::2] = -1
-            phase = 1j if (n // 2) % 2 else 1.0  # sqrt((-1)^(n/2)), applied on both sides
-            sign = sign * (alt.to(x.dtype) * phase).reshape(shape_a).to(x.device)
+        # a normal tensor even when first asked for under inference mode, so that autograd can use the cached one
+        with torch.inference_mode(False):
+            sign = torch.ones((), dtype=x.dtype, device=x.device)
+            for a, n in zip(axes, sizes, strict=True):
+                shape_a = list(shape)
+                shape_a[a] = n
+                alt = torch.ones(n, dtype=torch.float32)
+                alt[1::2] = -1
+                phase = 1j if (n // 2) % 2 else 1.0  # sqrt((-1)^(n/2)), applied on both sides
+                sign = sign * (alt.to(x.dtype) * phase).reshape(shape_a).to(x.device)
         if len(_SIGNS) > 64:
             _SIGNS.clear()
         _SIGNS[key] = sign

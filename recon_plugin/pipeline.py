@@ -17,6 +17,7 @@ from typing import Any
 import ismrmrd
 import torch
 
+from .adaptation import AdaptSettings
 from .errors import ProtocolError
 from .gadget_settings import METHODS, PROPERTIES, SERIES_INDEX, GadgetSettings, RetroSettings, default_weights
 from .images import make_image
@@ -32,9 +33,11 @@ log = logging.getLogger(__name__)
 __all__ = ["METHODS", "PROPERTIES", "GadgetSettings", "RetroSettings", "default_weights"]
 _REGULARISERS = {"cs_wavelet": "wavelet", "cs_tv": "tv"}
 
-_RESIDENT: dict[tuple[str, str, int, str], Reconstructor] = {}
+#: (weights, device, batch_size, fast_path, phase_average, adapt_steps, adapt_lr) of a resident model.
+_Key = tuple[str, str, int, str, int, int, float]
+_RESIDENT: dict[_Key, Reconstructor] = {}
 #: Routed pairs of resident models, kept like them (one wrapper per pair).
-_ROUTED: dict[tuple[tuple[str, str, int, str], tuple[str, str, int, str]], CoilRoutedRGANCS] = {}
+_ROUTED: dict[tuple[_Key, _Key], CoilRoutedRGANCS] = {}
 
 
 #: torch's intra-op threads when this module was imported: OMP_NUM_THREADS, else torch's own default (the cores).
@@ -104,13 +107,15 @@ def build_reconstructor(settings: GadgetSettings) -> Reconstructor:
     return _ROUTED[key]
 
 
-def _resident_key(settings: GadgetSettings, weights: Path) -> tuple[str, str, int, str, int]:
+def _resident_key(settings: GadgetSettings, weights: Path) -> _Key:
     return (
         str(Path(weights).resolve()),
         settings.device,
         settings.batch_size,
         settings.fast_path,
         settings.phase_average,
+        settings.adapt_steps,
+        settings.adapt_lr,
     )
 
 
@@ -123,17 +128,22 @@ def _resident_rgancs(settings: GadgetSettings, weights: Path) -> RGANCS:
             batch_size=settings.batch_size,
             fast_path=settings.fast_path,
             phase_average=settings.phase_average or None,
+            adapt=AdaptSettings(steps=settings.adapt_steps, lr=settings.adapt_lr),
         )
     return _RESIDENT[key]
 
 
-def default_rgancs(device: str = "auto", weights: str | Path | None = None) -> Reconstructor:
+def default_rgancs(
+    device: str = "auto", weights: str | Path | None = None, adapt: AdaptSettings | None = None
+) -> Reconstructor:
     """RGANCS as a gadget without properties runs it: ``weights`` (default :func:`default_weights`) for every
     slice, or, without ``weights``, the default bundle for multi-coil and the single-coil default for single-coil
-    slices."""
+    slices; ``adapt`` as the ``adapt_steps`` / ``adapt_lr`` properties would set it."""
     props = {"device": device}
     if weights is not None:
         props["weights"] = str(weights)
+    if adapt is not None and adapt.enabled:
+        props |= {"adapt_steps": str(adapt.steps), "adapt_lr": repr(adapt.lr)}
     return build_reconstructor(GadgetSettings.from_properties("rgancs", props))
 
 

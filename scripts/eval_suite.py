@@ -3,7 +3,7 @@
 Usage::
 
     python scripts/eval_suite.py --data ../shared/data --out docs/eval [--sets a,b] [--groups baselines,default]
-        [--bundle NAME=PATH ...] [--threads 2]
+        [--bundle NAME=PATH ...] [--adapt NAME=STEPS ...] [--threads 2]
 
 Sets (all with the same masks and ESPIRiT maps for every method; mask seeds from ``recon-train eval``'s default):
 
@@ -18,8 +18,9 @@ Sets (all with the same masks and ESPIRiT maps for every method; mask seeds from
   384x384, with 8 simulated coils (written once under ``--cache``).
 
 Method groups: ``baselines`` (zero-filled, CS-WV, CS-TV; CS-WV alone in the coil and size sweeps), ``default``
-(RGANCS as the gadgets load it, routed by coil count) and one group per ``--bundle NAME=PATH``. A JSON that exists
-is kept (delete it to rerun).
+(RGANCS as the gadgets load it, routed by coil count) and one group per ``--bundle NAME=PATH``; ``--adapt
+NAME=STEPS`` runs group NAME's RGANCS with ``--adapt-steps STEPS`` (scan-specific adaptation of each slice; a NAME
+without a ``--bundle`` is the default's weights). A JSON that exists is kept (delete it to rerun).
 """
 
 from __future__ import annotations
@@ -120,10 +121,14 @@ def main() -> None:
     parser.add_argument("--sets", default=",".join(SETS))
     parser.add_argument("--groups", default="baselines,default")
     parser.add_argument("--bundle", action="append", default=[], help="NAME=PATH: a method group of its own")
+    parser.add_argument("--adapt", action="append", default=[], help="NAME=STEPS: adapt group NAME to each slice")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     bundles = dict(b.split("=", 1) for b in args.bundle)
-    groups = [g for g in args.groups.split(",") if g] + [g for g in bundles if g not in args.groups.split(",")]
+    adapt = {name: int(steps) for name, steps in (a.split("=", 1) for a in args.adapt)}
+    named = [g for g in args.groups.split(",") if g]
+    groups = named + [g for g in [*bundles, *adapt] if g not in named]
+    groups = list(dict.fromkeys(groups))
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     args.out.mkdir(parents=True, exist_ok=True)
     for name in [s for s in args.sets.split(",") if s]:
@@ -135,10 +140,12 @@ def main() -> None:
             if group == "baselines":  # the coil and size sweeps compare with CS-WV only (the target baseline)
                 sweep = name.startswith(("coils", "size"))
                 extra = ["--methods", "zero_filled,cs_wavelet" if sweep else "zero_filled,cs_wavelet,cs_tv"]
-            elif group == "default":
-                extra = ["--methods", "rgancs"]
-            else:
+            elif group in bundles:
                 extra = ["--methods", "rgancs", "--bundle", bundles[group]]
+            else:  # "default", or an adapted group of the default's weights
+                extra = ["--methods", "rgancs"]
+            if group in adapt:
+                extra += ["--adapt-steps", str(adapt[group])]
             cmd = ["recon-train", "eval", *base, *extra, "--device", "cpu", "--json", str(out)]
             print(" ".join(cmd), flush=True)
             done = subprocess.run(cmd, env=env)

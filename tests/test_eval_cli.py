@@ -290,3 +290,15 @@ def test_slices_take_an_optional_step() -> None:
             parse_slices(bad, 10)
     with pytest.raises(EmptyDatasetError):
         parse_slices("5:5", 10)
+
+
+def test_adapted_rgancs_is_recorded_and_differs_from_the_plain_one(files, tmp_path, capsys):
+    common = ["--data", str(files["kspace"]), "--slices", "0:2", "--methods", "rgancs", "--calib", "12"]
+    plain = evaluate(files, tmp_path, capsys, *common)
+    adapted = evaluate(files, tmp_path, capsys, *common, "--adapt-steps", "3", "--adapt-lr", "1e-3")
+    assert "adapt" not in plain["settings"]
+    assert adapted["settings"]["adapt"] == {"steps": 3, "lr": 1e-3}
+    for a, b in zip(plain["rows"], adapted["rows"], strict=True):
+        assert a["mask"] == b["mask"] and a["snr_db"] != b["snr_db"]
+    code, _, stderr = run(["eval", "--data", str(files["kspace"]), "--adapt-steps", "-1"], capsys)
+    assert code == 2 and "adapt-steps" in stderr

@@ -107,12 +107,17 @@ def evaluate(
     mask_file: Annotated[
         str | None, typer.Option(help="one mask for every slice: F.npy, or F.npz:KEY (replaces --mask-family)")
     ] = None,
+    adapt_steps: Annotated[
+        int, typer.Option(min=0, help="RGANCS: self-supervised steps on each slice's own k-space first (0: off)")
+    ] = 0,
+    adapt_lr: Annotated[float, typer.Option(help="RGANCS: Adam's lr while adapting")] = 2e-4,
 ) -> None:
     """SNR, SSIM and seconds per slice of zero-filled, CS-WV, CS-TV and a bundle on the same masks and coil maps."""
     import json
 
     from rich.table import Table
 
+    from recon_plugin.adaptation import AdaptSettings
     from recon_plugin.evaluation import markdown_table
 
     from .evaluate import run_eval
@@ -132,6 +137,7 @@ def evaluate(
         methods=methods,
         workers=workers,
         mask_file=mask_file,
+        adapt=AdaptSettings(steps=adapt_steps, lr=adapt_lr),
     )
     s = report.settings
     title = (
@@ -141,6 +147,8 @@ def evaluate(
     )
     if s["bundle"]:
         title += f", bundle {Path(s['bundle']).name} ({s['bundle_sha256'][:12]})"
+    if "adapt" in s:
+        title += f", adapted {s['adapt']['steps']} steps at lr {s['adapt']['lr']:g}"
     console.print(title)
     table = Table()
     for col in ("method", "slice", "SNR dB", "SSIM", "s/slice"):

@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from recon_plugin.adaptation import AdaptSettings
 from recon_plugin.errors import InvalidInputError, ShapeMismatchError
 from recon_plugin.evaluation import (
     MULTICOIL_SLICES,
@@ -376,10 +377,16 @@ def parse_methods(spec: str | None) -> list[str]:
 
 
 def build_methods(
-    names: list[str], bundle: Path | None, iterations: int = 300, device: str = "auto", workers: int = 1
+    names: list[str],
+    bundle: Path | None,
+    iterations: int = 300,
+    device: str = "auto",
+    workers: int = 1,
+    adapt: AdaptSettings | None = None,
 ) -> list[Reconstructor]:
     """Reconstructors for ``names`` (BART CS at its tuned lambdas; RGANCS from ``bundle`` or the default weights
-    for ``device``). BartNotFoundError when a BART method is asked for without BART, BundleError for a bad bundle."""
+    for ``device``, adapted to each slice when ``adapt`` has steps). BartNotFoundError when a BART method is asked
+    for without BART, BundleError for a bad bundle."""
     from recon_plugin.reconstructors import RGANCS, BartCS, ZeroFilled
 
     out: list[Reconstructor] = []
@@ -392,9 +399,9 @@ def build_methods(
             if bundle is None:  # the gadgets' default: routed by coil count
                 from recon_plugin.pipeline import default_rgancs
 
-                out.append(default_rgancs(device))
+                out.append(default_rgancs(device, adapt=adapt))
             else:
-                out.append(RGANCS(bundle, device=device))
+                out.append(RGANCS(bundle, device=device, adapt=adapt))
     return out
 
 
@@ -427,6 +434,7 @@ def run_eval(
     methods: str | None = None,
     workers: int = 1,
     mask_file: str | Path | None = None,
+    adapt: AdaptSettings | None = None,
 ) -> EvalReport:
     """Open the data, make the masks (or take ``mask_file``'s for every slice), build the methods, estimate the
     maps once per slice, compare."""
@@ -450,7 +458,7 @@ def run_eval(
         if mask_file is None
         else file_masks(mask_file, selected)
     )
-    reconstructors = build_methods(method_names, bundle, iterations, device, workers)
+    reconstructors = build_methods(method_names, bundle, iterations, device, workers, adapt)
     log.info("%d %s slices from %s; estimating coil maps", len(selected), source.kind, source.path)
     cases = build_cases(source.kind, selected, masks, n_coils)
     rows = compare(cases, reconstructors)
@@ -477,4 +485,6 @@ def run_eval(
         "bundle_sha256": multi.bundle.sha256 if multi is not None else None,
         "single_coil_bundle": portable_path(single.bundle.path) if single is not None else None,
     }
+    if adapt is not None and adapt.enabled:  # only then: earlier JSON stays comparable key for key
+        settings["adapt"] = {"steps": adapt.steps, "lr": adapt.lr}
     return EvalReport(rows, method_means(rows), settings)

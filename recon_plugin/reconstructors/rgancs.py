@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from ..adaptation import AdaptSettings, adapt_model
 from ..errors import BundleMismatchError
 from ..model.bundle import Bundle, load_bundle
 from ..problem import Problem
@@ -39,6 +40,8 @@ class RGANCS(Reconstructor):
     ``batch_size`` None (or 0) = the device's default (:func:`default_batch_size`).
     ``phase_average`` None (or 0) = the bundle's; N > 1 averages N global-phase rotations of each slice
     (:class:`~recon_plugin.model.recurrent.RecurrentProximalNet`), at N times the network's cost.
+    ``adapt`` (steps > 0) fine-tunes a copy of the network on each slice's own measured k-space before
+    reconstructing that slice (:mod:`recon_plugin.adaptation`); the bundle's weights stay as they are.
 
     Each slice is divided by a robust scale of its zero-filled image (as in
     training, from the bundle's sidecar), reconstructed, and scaled back.
@@ -53,6 +56,7 @@ class RGANCS(Reconstructor):
         batch_size: int | None = None,
         fast_path: str | FastPath = "auto",
         phase_average: int | None = None,
+        adapt: AdaptSettings | None = None,
     ) -> None:
         self.device = resolve_device(device)
         self.fast_path = fast_path if isinstance(fast_path, FastPath) else FastPath.parse(fast_path, self.device)
@@ -74,29 +78,46 @@ class RGANCS(Reconstructor):
             raise BundleMismatchError(f"unknown normalisation {norm!r} in bundle {self.bundle.name}")
         self.percentile = float(norm.get("percentile", 99.0))
         self.batch_size = max(1, int(batch_size)) if batch_size else default_batch_size(self.device)
+        self.adapt = adapt or AdaptSettings()
 
     @torch.inference_mode()
     def reconstruct_batch(self, problems: list[Problem]) -> list[Result]:
         results: list[Result | None] = [None] * len(problems)
         for indices in group_by_shape(problems).values():
+            if self.adapt.enabled:  # one adapted copy per slice, from that slice's own samples
+                for i in indices:
+                    fast, adapted = self._adapted(problems[i])
+                    results[i] = self._run([problems[i]], fast, adapted)[0]
+                continue
             for start in range(0, len(indices), self.batch_size):
                 chunk = indices[start : start + self.batch_size]
-                for i, result in zip(chunk, self._run([problems[i] for i in chunk]), strict=True):
+                for i, result in zip(chunk, self._run([problems[i] for i in chunk], self.fast, None), strict=True):
                     results[i] = result
         return results  # type: ignore[return-value]
 
-    def _run(self, group: list[Problem]) -> list[Result]:
+    def _adapted(self, problem: Problem) -> tuple[FastModel, dict]:
+        """A fast model adapted to one slice's measured k-space (:func:`~recon_plugin.adaptation.adapt_model`)."""
+        op, y = batch_operator([problem], self.device)
+        scale = robust_scale(op.adjoint(y), self.percentile)
+        y_norm = y / scale[:, None, None, None]
+        net, report = adapt_model(self.bundle.model, y_norm, op, self.adapt, bf16=self.fast_path.bf16)
+        log.info("adapted %s to one slice: %s", self.bundle.name, report.summary())
+        return FastModel(net, self.fast_path, self.device), report.summary()
+
+    def _run(self, group: list[Problem], fast: FastModel, adapted: dict | None) -> list[Result]:
         start = time.perf_counter()
         op, y = batch_operator(group, self.device)
         scale = robust_scale(op.adjoint(y), self.percentile)
         y_norm = y / scale[:, None, None, None]
-        x = self.fast(y_norm, op)
+        x = fast(y_norm, op)
         x = x * scale[:, None, None]
         residuals = relative_residual(op, x, y)
         images = x.cpu().numpy()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         seconds = (time.perf_counter() - start) / len(group)
+        if adapted:  # the slice's own adaptation is part of its time
+            seconds += adapted["seconds"]
         out = []
         for j, problem in enumerate(group):
             meta = {
@@ -111,5 +132,7 @@ class RGANCS(Reconstructor):
                 "acceleration": problem.acceleration,
                 **problem.meta,
             }
+            if adapted:
+                meta["adapt"], meta["adapt_steps"] = adapted, adapted["steps"]
             out.append(Result(image=images[j], meta=meta))
         return out

@@ -1,0 +1,162 @@
+"""Scan-specific self-supervised adaptation: fine-tune a copy of the network on the scan's own k-space.
+
+Training saw simulated scans only; the scan being reconstructed is real data, and its measured samples can teach
+the network without a reference. Each step splits the measured samples of a slice at random into an input set
+Theta and a loss set Lambda (``holdout`` of the measured samples outside a small centre box, which always stays in
+Theta), reconstructs from Theta, and scores the prediction of the Lambda samples; the network's weights (and its CG
+lambdas) move by Adam on that score. The loss weights every Lambda sample by the inverse of the mask's local
+sampling density, so that the sparsely sampled outer k-space, which looks like what was not measured, counts as
+much as the dense centre. After ``steps`` steps every slice of the group is reconstructed from all its samples with
+the adapted copy; the bundle's model is never modified.
+
+It is the scan-specific zero-shot self-supervision of Yaman et al. (ZS-SSL, ICLR 2022) without its extra held-out
+set: the step count and learning rate are fixed, chosen on training's real-data validation cases
+(docs/model_study.md). It costs ``steps`` forward and backward passes of the network with ``splits`` slices each,
+so it is off (0 steps) unless asked for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.ndimage import gaussian_filter
+
+from .errors import InvalidInputError
+from .model import RecurrentProximalNet
+from .model.precision import FullPrecisionOperator
+from .physics import SenseOperator
+
+
+@dataclass(frozen=True)
+class AdaptSettings:
+    """How to adapt: ``steps`` (0 = off), Adam ``lr``, the share of measured samples in the loss set
+    (``holdout``), ``splits`` per step, the half-width of the centre box kept in the input (``centre``), the
+    Gaussian width of the density estimate (``density_sigma``, k-space pixels), CG steps per copy while adapting
+    (None = the model's own) and the ``seed`` of the splits."""
+
+    steps: int = 0
+    lr: float = 2e-4
+    holdout: float = 0.4
+    splits: int = 2
+    centre: int = 6
+    density_sigma: float = 6.0
+    cg_iterations: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        checks = (
+            ("steps", self.steps >= 0, "an integer >= 0"),
+            ("lr", self.lr > 0 and np.isfinite(self.lr), "a finite number > 0"),
+            ("holdout", 0 < self.holdout < 1, "in (0, 1)"),
+            ("splits", self.splits >= 1, "an integer >= 1"),
+            ("centre", self.centre >= 0, "an integer >= 0"),
+            ("density_sigma", self.density_sigma > 0, "> 0"),
+            ("cg_iterations", self.cg_iterations is None or self.cg_iterations >= 1, "None or an integer >= 1"),
+        )
+        for name, ok, expected in checks:
+            if not ok:
+                raise InvalidInputError(f"adaptation {name} must be {expected}, got {getattr(self, name)!r}")
+
+    @property
+    def enabled(self) -> bool:
+        """True when there is anything to do (steps > 0)."""
+        return self.steps > 0
+
+
+@dataclass
+class AdaptReport:
+    """What one adaptation did: the loss of every step (relative weighted l2 on the loss sets) and its time."""
+
+    losses: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        """Steps, first and last loss (mean of the first / last five steps) and seconds, for result metadata."""
+        head, tail = self.losses[:5], self.losses[-5:]
+        return {
+            "steps": len(self.losses),
+            "loss_first": float(np.mean(head)) if head else None,
+            "loss_last": float(np.mean(tail)) if tail else None,
+            "seconds": self.seconds,
+        }
+
+
+def loss_weights(mask: np.ndarray, sigma: float) -> np.ndarray:
+    """Inverse local sampling density of a 2D mask (Gaussian-smoothed), scaled to mean 1 over the measured samples."""
+    density = gaussian_filter(mask.astype(np.float64), sigma, mode="wrap") + 1e-3
+    weights = 1.0 / density
+    return (weights / weights[mask].mean()).astype(np.float32)
+
+
+def loss_candidates(y: np.ndarray, mask: np.ndarray, centre: int) -> np.ndarray:
+    """Measured samples that may go to a loss set: not in the centre box (half-width ``centre``) and not zero in
+    every coil (a zero there is a gap in the data, not a measurement)."""
+    ny, nx = mask.shape
+    yy, xx = np.ogrid[:ny, :nx]
+    box = (np.abs(yy - ny // 2) < centre) & (np.abs(xx - nx // 2) < centre)
+    return mask & ~box & (np.abs(y).sum(0) > 0)
+
+
+def adapt_model(
+    model: RecurrentProximalNet,
+    y: torch.Tensor,
+    op: SenseOperator,
+    settings: AdaptSettings,
+    bf16: bool = False,
+) -> tuple[RecurrentProximalNet, AdaptReport]:
+    """A copy of ``model`` adapted to the slices ``y`` [batch, coils, ny, nx] (normalised as the network expects)
+    under ``op``; ``bf16`` runs the network under bf16 autocast with the operator in full precision."""
+    if y.ndim != 4:
+        raise InvalidInputError(f"adaptation needs k-space [batch, coils, ny, nx], got {tuple(y.shape)}")
+    report = AdaptReport()
+    with torch.inference_mode(False), torch.enable_grad():
+        net = copy.deepcopy(model).to(y.device)
+        if not settings.enabled:
+            return net.eval(), report
+        start = time.perf_counter()
+        device = y.device
+        y = y.clone()
+        masks = op.mask.expand(y.shape[0], *op.shape).cpu().numpy()
+        maps = None if op.maps is None else op.maps.clone().expand(y.shape[0], -1, -1, -1)
+        y_np = y.cpu().numpy()
+        candidates = [loss_candidates(y_np[i], masks[i], settings.centre) for i in range(len(masks))]
+        weights = torch.from_numpy(np.stack([loss_weights(m, settings.density_sigma) for m in masks])).to(device)
+        if not any(c.any() for c in candidates):
+            raise InvalidInputError("adaptation: no measured sample outside the centre box to learn from")
+        cg = settings.cg_iterations or net.config.cg_iterations
+        net.config = replace(net.config, cg_iterations=cg)
+        net.train()
+        optimiser = torch.optim.Adam(net.parameters(), lr=settings.lr)
+        rng = np.random.default_rng(settings.seed)
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+        for _ in range(settings.steps):
+            picks = rng.integers(len(masks), size=settings.splits)
+            lam = np.stack([candidates[i] & (rng.random(masks[i].shape) < settings.holdout) for i in picks])
+            theta = masks[picks] & ~lam
+            lam_t, theta_t = torch.from_numpy(lam).to(device), torch.from_numpy(theta).to(device)
+            idx = torch.from_numpy(picks).to(device)
+            sub_maps = None if maps is None else maps[idx]
+            op_theta = SenseOperator(theta_t, sub_maps)
+            y_pick = y[idx]
+            with autocast:
+                x, _ = net(
+                    y_pick * theta_t[:, None], FullPrecisionOperator(op_theta, device.type) if bf16 else op_theta
+                )
+            w = weights[idx][:, None] * lam_t[:, None]
+            residual = SenseOperator(lam_t, sub_maps).forward(x.to(torch.complex64)) - y_pick * lam_t[:, None]
+            num = (w * residual.abs().square()).flatten(1).sum(1)
+            den = (w * y_pick.abs().square()).flatten(1).sum(1).clamp_min(1e-12)
+            loss = (num / den).mean()
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            report.losses.append(float(loss.detach()))
+        net.config = replace(net.config, cg_iterations=model.config.cg_iterations)
+        report.seconds = time.perf_counter() - start
+        return net.eval(), report

@@ -1,0 +1,159 @@
+"""Scan-specific self-supervised adaptation: a copy of the network fine-tuned on the scan's own k-space."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import ellipse_slices
+from review_helpers import geometry as geometry_of
+
+from recon_plugin.adaptation import AdaptSettings, adapt_model, loss_candidates, loss_weights
+from recon_plugin.errors import InvalidInputError, ProtocolError
+from recon_plugin.gadget_settings import GadgetSettings
+from recon_plugin.images import image_meta, make_image
+from recon_plugin.masks import make_mask
+from recon_plugin.model import load_bundle
+from recon_plugin.physics import SenseOperator
+from recon_plugin.problem import Problem
+from recon_plugin.reconstructors import RGANCS
+from recon_plugin.reconstructors.rgancs import robust_scale
+from recon_plugin.sample_data import DEFAULT_BUNDLE
+from recon_plugin.simulate import simulate_problem, simulated_coil_maps, with_smooth_phase
+
+SHAPE = (48, 48)
+
+
+def phantom_problem(mask: np.ndarray, seed: int = 0) -> tuple[Problem, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    image = with_smooth_phase(ellipse_slices(1, size=SHAPE[0], seed=seed)[0], rng)
+    maps = simulated_coil_maps(SHAPE, 4)
+    return simulate_problem(image, mask, maps), maps
+
+
+def normalised(problem: Problem, maps: np.ndarray) -> tuple[torch.Tensor, SenseOperator]:
+    op = SenseOperator(torch.from_numpy(problem.mask[None]), torch.from_numpy(maps[None]))
+    y = torch.from_numpy(problem.kspace[None])
+    return y / robust_scale(op.adjoint(y))[:, None, None, None], op
+
+
+def params(model: torch.nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"steps": -1},
+        {"lr": 0.0},
+        {"lr": float("nan")},
+        {"holdout": 0.0},
+        {"holdout": 1.0},
+        {"splits": 0},
+        {"centre": -1},
+        {"density_sigma": 0.0},
+        {"cg_iterations": 0},
+    ],
+)
+def test_impossible_settings_are_named_errors(bad):
+    with pytest.raises(InvalidInputError, match=f"adaptation {next(iter(bad))} must be"):
+        AdaptSettings(**bad)
+
+
+def test_loss_weights_favour_sparse_k_space_and_candidates_skip_the_centre_and_gaps():
+    mask = make_mask("radial", (64, 64), 5.0, seed=0, calib=12).mask
+    w = loss_weights(mask, 4.0)
+    assert w[mask].mean() == pytest.approx(1.0, rel=1e-5)
+    assert w[32, 32] < w[mask].min() * 1.01 < w[mask].max()  # the dense centre weighs least
+    y = np.ones((2, 64, 64), np.complex64) * mask
+    y[:, 0, :] = 0  # a row of samples missing in every coil: a gap, not a measurement
+    cand = loss_candidates(y, mask, centre=6)
+    assert not cand[27:38, 27:38].any() and not cand[0].any()
+    assert cand.sum() == (mask & ~(np.abs(y).sum(0) == 0)).sum() - mask[27:38, 27:38].sum()
+
+
+def test_zero_steps_return_an_unchanged_copy():
+    mask = make_mask("poisson", SHAPE, 3.0, seed=1, calib=10).mask
+    y, op = normalised(*phantom_problem(mask))
+    model = load_bundle(DEFAULT_BUNDLE).model
+    net, report = adapt_model(model, y, op, AdaptSettings(steps=0))
+    assert net is not model and report.losses == []
+    for a, b in zip(params(net), params(model), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_adaptation_predicts_samples_it_never_saw_better_and_leaves_the_bundle_alone():
+    """Samples removed from the scan before adapting are predicted better by the adapted copy: it learned the
+    scan, not its own loss sets; the bundle's weights are untouched; the same seed gives the same weights."""
+    full = make_mask("poisson", SHAPE, 2.5, seed=2, calib=10).mask
+    rng = np.random.default_rng(5)
+    unseen = full & (rng.random(SHAPE) < 0.2)
+    unseen[19:29, 19:29] = False
+    problem, maps = phantom_problem(full & ~unseen)
+    complete, _ = phantom_problem(full)
+    y, op = normalised(problem, maps)
+    scale = robust_scale(op.adjoint(torch.from_numpy(problem.kspace[None])))
+    target = torch.from_numpy(complete.kspace[None]) / scale[:, None, None, None]
+    model = load_bundle(DEFAULT_BUNDLE).model
+    before = params(model)
+    settings = AdaptSettings(steps=25, lr=2e-4, seed=1)
+    net, report = adapt_model(model, y, op, settings)
+    assert np.mean(report.losses[-5:]) < np.mean(report.losses[:5])
+    for a, b in zip(before, params(model), strict=True):
+        assert torch.equal(a, b)
+    op_unseen = SenseOperator(torch.from_numpy(unseen[None]), op.maps)
+
+    wanted = target * torch.from_numpy(unseen)[None, None]
+
+    def unseen_error(m: torch.nn.Module) -> float:
+        with torch.no_grad():
+            x, _ = m.eval()(y, op)
+        return float((op_unseen.forward(x) - wanted).abs().square().sum() / wanted.abs().square().sum())
+
+    assert unseen_error(net) < 0.5 * unseen_error(model)  # measured: 0.0124 -> 0.0024
+    again, _ = adapt_model(model, y, op, settings)
+    for a, b in zip(params(net), params(again), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_rgancs_adapts_per_call_and_says_so_in_the_image_meta():
+    mask = make_mask("poisson", SHAPE, 3.0, seed=3, calib=10).mask
+    problem, _ = phantom_problem(mask, seed=1)
+    bundle = load_bundle(DEFAULT_BUNDLE)
+    before = params(bundle.model)
+    plain = RGANCS(bundle, device="cpu", fast_path="fp32").reconstruct(problem)
+    adapted = RGANCS(bundle, device="cpu", fast_path="fp32", adapt=AdaptSettings(steps=4)).reconstruct(problem)
+    assert "adapt" not in plain.meta and adapted.meta["adapt_steps"] == 4
+    assert adapted.meta["adapt"]["steps"] == 4 and adapted.meta["seconds"] > adapted.meta["adapt"]["seconds"] > 0
+    assert not np.allclose(plain.image, adapted.image, atol=1e-4 * np.abs(plain.image).max())
+    for a, b in zip(before, params(bundle.model), strict=True):
+        assert torch.equal(a, b)
+    geometry = geometry_of(0, 1)
+    assert image_meta(make_image(adapted, geometry, series_index=1, image_index=1))["AdaptSteps"] == "4"
+    assert "AdaptSteps" not in image_meta(make_image(plain, geometry, series_index=1, image_index=1))
+
+
+def test_gadget_properties_parse_and_name_bad_values():
+    default = GadgetSettings.from_properties("rgancs", {})
+    assert default.adapt_steps == 0 and default.adapt_lr == AdaptSettings().lr
+    got = GadgetSettings.from_properties("rgancs", {"adapt_steps": "40", "adapt_lr": "1e-4"})
+    assert (got.adapt_steps, got.adapt_lr) == (40, 1e-4)
+    for name, bad in (("adapt_steps", "-1"), ("adapt_steps", "2.5"), ("adapt_lr", "0"), ("adapt_lr", "inf")):
+        with pytest.raises(ProtocolError, match=name):
+            GadgetSettings.from_properties("rgancs", {name: bad})
+    with pytest.raises(ProtocolError, match="adapt_steps"):  # a typo is named with the right spelling
+        GadgetSettings.from_properties("rgancs", {"adapt_step": "40"})
+    with pytest.raises(ProtocolError, match="adapt_steps"):  # not a BART property
+        GadgetSettings.from_properties("cs_wavelet", {"adapt_steps": "40"})
+
+
+def test_an_fft_first_run_under_inference_mode_can_still_be_differentiated():
+    """The centred FFT caches a checkerboard per shape; one first built under inference mode (a reconstruction)
+    must not break autograd later in the process (an adaptation of the same shape)."""
+    from recon_plugin.physics import fftc
+
+    with torch.inference_mode():
+        fftc(torch.ones(2, 38, 46, dtype=torch.complex64))
+    x = torch.ones(2, 38, 46, dtype=torch.complex64, requires_grad=True)
+    fftc(x).abs().sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad.abs()).all()
