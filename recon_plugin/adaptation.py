@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -109,9 +110,11 @@ def adapt_model(
     op: SenseOperator,
     settings: AdaptSettings,
     bf16: bool = False,
+    on_step: Callable[[int, RecurrentProximalNet], None] | None = None,
 ) -> tuple[RecurrentProximalNet, AdaptReport]:
     """A copy of ``model`` adapted to the slices ``y`` [batch, coils, ny, nx] (normalised as the network expects)
-    under ``op``; ``bf16`` runs the network under bf16 autocast with the operator in full precision."""
+    under ``op``; ``bf16`` runs the network under bf16 autocast with the operator in full precision. ``on_step``
+    (step number from 1, the copy in train mode) is called after every step, e.g. to score the copy as it goes."""
     if y.ndim != 4:
         raise InvalidInputError(f"adaptation needs k-space [batch, coils, ny, nx], got {tuple(y.shape)}")
     report = AdaptReport()
@@ -157,6 +160,8 @@ def adapt_model(
             loss.backward()
             optimiser.step()
             report.losses.append(float(loss.detach()))
+            if on_step is not None:
+                on_step(len(report.losses), net)
         net.config = replace(net.config, cg_iterations=model.config.cg_iterations)
         report.seconds = time.perf_counter() - start
         return net.eval(), report

@@ -6,8 +6,9 @@ Usage::
 
 Every ``<!-- eval:TABLE[:METRIC] [group=Label,...] -->`` ... ``<!-- /eval -->`` block of the given files is replaced
 by table TABLE (METRIC ``quality``, the default, or ``sharpness``; the block's own columns or ``--columns``), so no
-figure in the documents is copied by hand. Tables: ``main`` (the Done-means sets), ``coils`` (per simulated coil
-count), ``sizes`` (per matrix size). Columns: zero-filled, CS-WV, CS-TV, then one per method group (JSON files
+figure in the documents is copied by hand. Tables: ``main`` (the Done-means sets), ``loraks`` (the R=7 masks),
+``adapt`` (the multi-coil sets, for scan-specific adaptation), ``coils`` (per simulated coil count), ``sizes`` (per
+matrix size). Columns: zero-filled, CS-WV, CS-TV, then one per method group (JSON files
 ``SET.GROUP.json``) in ``--columns`` order, and the first group's margin over CS-WV. Without arguments the tables
 are printed.
 """
@@ -32,6 +33,16 @@ TABLES = {
         ("loraks_randacs7", "4ch MPRAGE, the authors' R=7 random + ACS"),
         ("loraks_unacs7", "4ch MPRAGE, R=7 uniform + ACS"),
         ("loraks_pfacs7", "4ch MPRAGE, R=7 partial Fourier + ACS"),
+    ],
+    "adapt": [  # the multi-coil Done-means sets, for scan-specific adaptation against the plain default
+        ("real_radial5", "real brains (3: 8ch, 4ch, 4ch MPRAGE), radial 5x"),
+        ("real_uniform3", "real brains, uniform R=3 + 24 ACS"),
+        ("new_radial5", "new real brains (8ch, 4ch MPRAGE), radial 5x"),
+        ("new_uniform3", "new real brains, uniform R=3 + 24 ACS"),
+        ("loraks_randacs7", "4ch MPRAGE, the authors' R=7 random + ACS"),
+        ("loraks_unacs7", "4ch MPRAGE, R=7 uniform + ACS"),
+        ("loraks_pfacs7", "4ch MPRAGE, R=7 partial Fourier + ACS"),
+        ("siat8_radial5", "SIAT 140-159, 8 simulated coils, radial 5x"),
     ],
     "coils": [(f"coils{c}", f"{c} coil{'s' if c > 1 else ''}") for c in (1, 4, 8, 16, 32)],
     "sizes": [

@@ -1,0 +1,104 @@
+"""Scan-specific adaptation on training's real-data validation cases: SNR gain over the unadapted bundle as the
+steps go (``recon_plugin.adaptation``; the reference is used only to score, never to adapt).
+
+Usage::
+
+    python scripts/adapt_sweep.py sample_data/weights/rgancs_cg_10x1x32i_mc_phase9 --steps 40 --every 8 \\
+        [--lr 2e-4] [--holdout 0.4] [--splits 2] [--cg N] [--family radial|uniform|both] [--names a,b] \\
+        [--fast-path auto] [--data ../shared/data/multicoil_kspace]
+
+The cases are those of ``training.real_validation`` (the real brains at radial 5x and uniform R=3 + 24 ACS, with
+their own mask seeds), so settings picked here do not use the evaluation's masks. Each case is normalised and
+scored as the RGANCS reconstructor does; one line per case, then the mean gain at every scored step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from recon_plugin.adaptation import AdaptSettings, adapt_model
+from recon_plugin.evaluation import Case
+from recon_plugin.metrics import snr_db
+from recon_plugin.model import load_bundle
+from recon_plugin.reconstructors.base import batch_operator
+from recon_plugin.reconstructors.fast_paths import FastModel, FastPath
+from recon_plugin.reconstructors.rgancs import robust_scale
+from training.config import DataConfig
+from training.real_validation import real_validation_cases
+
+
+def sweep_case(
+    case: Case,
+    model: torch.nn.Module,
+    percentile: float,
+    settings: AdaptSettings,
+    path: FastPath,
+    every: int,
+    gains: dict[int, list[float]],
+) -> str:
+    """Adapt ``model`` to one case, scoring the copy every ``every`` steps; gains go into ``gains`` by step."""
+    device = torch.device("cpu")
+    op, y = batch_operator([case.problem], device)
+    scale = robust_scale(op.adjoint(y), percentile)
+    y_norm = y / scale[:, None, None, None]
+
+    def score(net: torch.nn.Module) -> float:
+        x = FastModel(net, path, device)(y_norm, op) * scale[:, None, None]
+        return snr_db(case.reference, x[0].cpu().numpy())
+
+    base = score(model)
+    row = [f"{base:.2f} dB"]
+
+    def on_step(step: int, net: torch.nn.Module) -> None:
+        if step % every == 0 or step == settings.steps:
+            gain = score(net) - base
+            gains.setdefault(step, []).append(gain)
+            row.append(f"{step}: {gain:+.2f}")
+
+    adapt_model(model, y_norm, op, settings, bf16=path.bf16, on_step=on_step)
+    return "  ".join(row)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("bundle")
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--every", type=int, default=8, help="score the adapted copy every N steps")
+    parser.add_argument("--lr", type=float, default=AdaptSettings.lr)
+    parser.add_argument("--holdout", type=float, default=AdaptSettings.holdout)
+    parser.add_argument("--splits", type=int, default=AdaptSettings.splits)
+    parser.add_argument("--cg", type=int, default=None, help="CG steps per copy while adapting (default: the model's)")
+    parser.add_argument("--family", default="radial", choices=["radial", "uniform", "both"])
+    parser.add_argument("--names", default="", help="comma-separated brains (default: all five)")
+    parser.add_argument("--fast-path", default="auto")
+    parser.add_argument("--data", default="../shared/data/multicoil_kspace")
+    args = parser.parse_args()
+    device = torch.device("cpu")
+    bundle = load_bundle(args.bundle)
+    percentile = float(bundle.normalisation.get("percentile", 99.0))
+    path = FastPath.parse(args.fast_path, device)
+    settings = AdaptSettings(
+        steps=args.steps, lr=args.lr, holdout=args.holdout, splits=args.splits, cg_iterations=args.cg
+    )
+    names = [n for n in args.names.split(",") if n]
+    cases = [
+        c
+        for c in real_validation_cases(DataConfig(real_val_path=args.data))
+        if (args.family == "both" or c.name.endswith(args.family + ("5" if args.family == "radial" else "3")))
+        and (not names or c.name.split("/")[0] in names)
+    ]
+    gains: dict[int, list[float]] = {}
+    print(f"{settings}, fast path {path.name}")
+    for case in cases:
+        begin = time.perf_counter()
+        row = sweep_case(case, bundle.model, percentile, settings, path, args.every, gains)
+        print(f"{case.name:34s} {row}  ({time.perf_counter() - begin:.0f} s)", flush=True)
+    print("mean gain: " + "  ".join(f"{s}: {np.mean(g):+.2f}" for s, g in sorted(gains.items())))
+
+
+if __name__ == "__main__":
+    main()
