@@ -128,6 +128,9 @@ def test_rgancs_adapts_per_call_and_says_so_in_the_image_meta():
     assert not np.allclose(plain.image, adapted.image, atol=1e-4 * np.abs(plain.image).max())
     for a, b in zip(before, params(bundle.model), strict=True):
         assert torch.equal(a, b)
+    both = RGANCS(bundle, device="cpu", fast_path="fp32", phase_average=2, adapt=AdaptSettings(steps=4))
+    assert both.reconstruct(problem).meta["phase_average"] == 2
+    assert both._adapted(problem)[0].net.config.phase_average == 2  # the override reaches the adapted copy
     geometry = geometry_of(0, 1)
     assert image_meta(make_image(adapted, geometry, series_index=1, image_index=1))["AdaptSteps"] == "4"
     assert "AdaptSteps" not in image_meta(make_image(plain, geometry, series_index=1, image_index=1))

@@ -101,6 +101,7 @@ class RGANCS(Reconstructor):
         scale = robust_scale(op.adjoint(y), self.percentile)
         y_norm = y / scale[:, None, None, None]
         net, report = adapt_model(self.bundle.model, y_norm, op, self.adapt, bf16=self.fast_path.bf16)
+        net.config = dataclasses.replace(net.config, phase_average=self.phase_average)  # this reconstructor's
         log.info("adapted %s to one slice: %s", self.bundle.name, report.summary())
         return FastModel(net, self.fast_path, self.device), report.summary()
 
