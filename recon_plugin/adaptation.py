@@ -37,9 +37,9 @@ from .physics import SenseOperator
 @dataclass(frozen=True)
 class AdaptSettings:
     """How to adapt: ``steps`` (0 = off), Adam ``lr``, the share of measured samples in the loss set
-    (``holdout``), ``splits`` per step, the half-width of the centre box kept in the input (``centre``), the
-    Gaussian width of the density estimate (``density_sigma``, k-space pixels), CG steps per copy while adapting
-    (None = the model's own) and the ``seed`` of the splits."""
+    (``holdout``), ``splits`` per step, the centre box kept in the input (``centre``: the samples less than that
+    many pixels from the centre on both axes), the Gaussian width of the density estimate (``density_sigma``,
+    k-space pixels), CG steps per copy while adapting (None = the model's own) and the ``seed`` of the splits."""
 
     steps: int = 0
     lr: float = 2e-4
@@ -96,8 +96,8 @@ def loss_weights(mask: np.ndarray, sigma: float) -> np.ndarray:
 
 
 def loss_candidates(y: np.ndarray, mask: np.ndarray, centre: int) -> np.ndarray:
-    """Measured samples that may go to a loss set: not in the centre box (half-width ``centre``) and not zero in
-    every coil (a zero there is a gap in the data, not a measurement)."""
+    """Measured samples that may go to a loss set: not in the centre box (less than ``centre`` pixels from the
+    centre on both axes) and not zero in every coil (a zero there is a gap in the data, not a measurement)."""
     ny, nx = mask.shape
     yy, xx = np.ogrid[:ny, :nx]
     box = (np.abs(yy - ny // 2) < centre) & (np.abs(xx - nx // 2) < centre)
