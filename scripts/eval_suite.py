@@ -3,7 +3,7 @@
 Usage::
 
     python scripts/eval_suite.py --data ../shared/data --out docs/eval [--sets a,b] [--groups baselines,default]
-        [--bundle NAME=PATH ...] [--adapt NAME=STEPS ...] [--threads 2]
+        [--bundle NAME=PATH ...] [--adapt NAME=STEPS[@LR] ...] [--threads 2]
 
 Sets (all with the same masks and ESPIRiT maps for every method; mask seeds from ``recon-train eval``'s default):
 
@@ -19,8 +19,9 @@ Sets (all with the same masks and ESPIRiT maps for every method; mask seeds from
 
 Method groups: ``baselines`` (zero-filled, CS-WV, CS-TV; CS-WV alone in the coil and size sweeps), ``default``
 (RGANCS as the gadgets load it, routed by coil count) and one group per ``--bundle NAME=PATH``; ``--adapt
-NAME=STEPS`` runs group NAME's RGANCS with ``--adapt-steps STEPS`` (scan-specific adaptation of each slice; a NAME
-without a ``--bundle`` is the default's weights). A JSON that exists is kept (delete it to rerun).
+NAME=STEPS[@LR]`` runs group NAME's RGANCS with ``--adapt-steps STEPS`` and ``--adapt-lr LR`` (scan-specific
+adaptation of each slice; a NAME without a ``--bundle`` is the default's weights). A JSON that exists is kept
+(delete it to rerun).
 """
 
 from __future__ import annotations
@@ -121,11 +122,11 @@ def main() -> None:
     parser.add_argument("--sets", default=",".join(SETS))
     parser.add_argument("--groups", default="baselines,default")
     parser.add_argument("--bundle", action="append", default=[], help="NAME=PATH: a method group of its own")
-    parser.add_argument("--adapt", action="append", default=[], help="NAME=STEPS: adapt group NAME to each slice")
+    parser.add_argument("--adapt", action="append", default=[], help="NAME=STEPS[@LR]: adapt group NAME to each slice")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     bundles = dict(b.split("=", 1) for b in args.bundle)
-    adapt = {name: int(steps) for name, steps in (a.split("=", 1) for a in args.adapt)}
+    adapt = dict(a.split("=", 1) for a in args.adapt)  # NAME -> STEPS or STEPS@LR
     named = [g for g in args.groups.split(",") if g]
     groups = named + [g for g in [*bundles, *adapt] if g not in named]
     groups = list(dict.fromkeys(groups))
@@ -145,7 +146,8 @@ def main() -> None:
             else:  # "default", or an adapted group of the default's weights
                 extra = ["--methods", "rgancs"]
             if group in adapt:
-                extra += ["--adapt-steps", str(adapt[group])]
+                steps, _, lr = adapt[group].partition("@")
+                extra += ["--adapt-steps", steps] + (["--adapt-lr", lr] if lr else [])
             cmd = ["recon-train", "eval", *base, *extra, "--device", "cpu", "--json", str(out)]
             print(" ".join(cmd), flush=True)
             done = subprocess.run(cmd, env=env)
