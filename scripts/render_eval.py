@@ -34,16 +34,6 @@ TABLES = {
         ("loraks_unacs7", "4ch MPRAGE, R=7 uniform + ACS"),
         ("loraks_pfacs7", "4ch MPRAGE, R=7 partial Fourier + ACS"),
     ],
-    "adapt": [  # the multi-coil Done-means sets, for scan-specific adaptation against the plain default
-        ("real_radial5", "real brains (3: 8ch, 4ch, 4ch MPRAGE), radial 5x"),
-        ("real_uniform3", "real brains, uniform R=3 + 24 ACS"),
-        ("new_radial5", "new real brains (8ch, 4ch MPRAGE), radial 5x"),
-        ("new_uniform3", "new real brains, uniform R=3 + 24 ACS"),
-        ("loraks_randacs7", "4ch MPRAGE, the authors' R=7 random + ACS"),
-        ("loraks_unacs7", "4ch MPRAGE, R=7 uniform + ACS"),
-        ("loraks_pfacs7", "4ch MPRAGE, R=7 partial Fourier + ACS"),
-        ("siat8_radial5", "SIAT 140-159, 8 simulated coils, radial 5x"),
-    ],
     "coils": [(f"coils{c}", f"{c} coil{'s' if c > 1 else ''}") for c in (1, 4, 8, 16, 32)],
     "sizes": [
         ("size96", "96x96 (crop)"),
@@ -52,6 +42,8 @@ TABLES = {
         ("size384", "384x384 (k-space zero-padded)"),
     ],
 }
+# the multi-coil Done-means sets, for scan-specific adaptation against the plain default
+TABLES["adapt"] = TABLES["main"][:4] + TABLES["loraks"] + [TABLES["main"][4]]
 BASELINES = (("zero_filled", "zero-filled"), ("cs_wavelet", "CS-WV"), ("cs_tv", "CS-TV"))
 
 
