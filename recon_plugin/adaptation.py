@@ -33,13 +33,19 @@ from .model import RecurrentProximalNet
 from .model.precision import FullPrecisionOperator
 from .physics import SenseOperator
 
+#: Learning-rate schedules of the adaptation's Adam steps.
+SCHEDULES = ("constant", "cosine")
+
 
 @dataclass(frozen=True)
 class AdaptSettings:
     """How to adapt: ``steps`` (0 = off), Adam ``lr``, the share of measured samples in the loss set
     (``holdout``), ``splits`` per step, the centre box kept in the input (``centre``: the samples less than that
     many pixels from the centre on both axes), the Gaussian width of the density estimate (``density_sigma``,
-    k-space pixels), CG steps per copy while adapting (None = the model's own) and the ``seed`` of the splits."""
+    k-space pixels), CG steps per copy while adapting (None = the model's own), the ``seed`` of the splits, the
+    learning-rate ``schedule`` ("constant", or "cosine": from ``lr`` down to 0 at the last step) and
+    ``random_phase`` (each split's k-space turned by a random global phase, which the loss does not see but the
+    network, not phase-equivariant, does)."""
 
     steps: int = 0
     lr: float = 2e-4
@@ -49,6 +55,8 @@ class AdaptSettings:
     density_sigma: float = 6.0
     cg_iterations: int | None = None
     seed: int = 0
+    schedule: str = "constant"
+    random_phase: bool = False
 
     def __post_init__(self) -> None:
         checks = (
@@ -59,6 +67,7 @@ class AdaptSettings:
             ("centre", self.centre >= 0, "an integer >= 0"),
             ("density_sigma", self.density_sigma > 0, "> 0"),
             ("cg_iterations", self.cg_iterations is None or self.cg_iterations >= 1, "None or an integer >= 1"),
+            ("schedule", self.schedule in SCHEDULES, f"one of {', '.join(SCHEDULES)}"),
         )
         for name, ok, expected in checks:
             if not ok:
@@ -136,6 +145,11 @@ def adapt_model(
         net.config = replace(net.config, cg_iterations=cg)
         net.train()
         optimiser = torch.optim.Adam(net.parameters(), lr=settings.lr)
+        scheduler = (
+            torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=settings.steps)
+            if settings.schedule == "cosine"
+            else None
+        )
         rng = np.random.default_rng(settings.seed)
         autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
         for _ in range(settings.steps):
@@ -147,6 +161,9 @@ def adapt_model(
             sub_maps = None if maps is None else maps[idx]
             op_theta = SenseOperator(theta_t, sub_maps)
             y_pick = y[idx]
+            if settings.random_phase:
+                turn = torch.from_numpy(rng.uniform(0, 2 * np.pi, size=len(picks))).to(device)
+                y_pick = y_pick * torch.polar(torch.ones_like(turn), turn).to(y.dtype)[:, None, None, None]
             with autocast:
                 x, _ = net(
                     y_pick * theta_t[:, None], FullPrecisionOperator(op_theta, device.type) if bf16 else op_theta
@@ -159,6 +176,8 @@ def adapt_model(
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
+            if scheduler is not None:
+                scheduler.step()
             report.losses.append(float(loss.detach()))
             if on_step is not None:
                 on_step(len(report.losses), net)

@@ -4,12 +4,14 @@ steps go (``recon_plugin.adaptation``; the reference is used only to score, neve
 Usage::
 
     python scripts/adapt_sweep.py sample_data/weights/rgancs_cg_10x1x32i_mc_phase9 --steps 40 --every 8 \\
-        [--lr 2e-4] [--holdout 0.4] [--splits 2] [--cg N] [--family radial|uniform|both] [--names a,b] \\
+        [--lr 2e-4] [--holdout 0.4] [--splits 2] [--cg N] [--schedule constant|cosine] [--random-phase] \\
+        [--family radial|uniform|both] [--names a,b] \\
         [--fast-path auto] [--data ../shared/data/multicoil_kspace]
 
 The cases are those of ``training.real_validation`` (the real brains at radial 5x and uniform R=3 + 24 ACS, with
 their own mask seeds), so settings picked here do not use the evaluation's masks. Each case is normalised and
-scored as the RGANCS reconstructor does; one line per case, then the mean gain at every scored step.
+scored as the RGANCS reconstructor does; one line per case (SNR / SSIM gain at every scored step), then the mean
+gains at every scored step.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import torch
 
 from recon_plugin.adaptation import AdaptSettings, adapt_model
 from recon_plugin.evaluation import Case
-from recon_plugin.metrics import snr_db
+from recon_plugin.metrics import snr_db, ssim
 from recon_plugin.model import load_bundle
 from recon_plugin.reconstructors.base import batch_operator
 from recon_plugin.reconstructors.fast_paths import FastModel, FastPath
@@ -39,25 +41,28 @@ def sweep_case(
     path: FastPath,
     every: int,
     gains: dict[int, list[float]],
+    ssim_gains: dict[int, list[float]],
 ) -> str:
-    """Adapt ``model`` to one case, scoring the copy every ``every`` steps; gains go into ``gains`` by step."""
+    """Adapt ``model`` to one case, scoring the copy every ``every`` steps; SNR and SSIM gains go into ``gains``
+    and ``ssim_gains`` by step."""
     device = torch.device("cpu")
     op, y = batch_operator([case.problem], device)
     scale = robust_scale(op.adjoint(y), percentile)
     y_norm = y / scale[:, None, None, None]
 
-    def score(net: torch.nn.Module) -> float:
-        x = FastModel(net, path, device)(y_norm, op) * scale[:, None, None]
-        return snr_db(case.reference, x[0].cpu().numpy())
+    def score(net: torch.nn.Module) -> tuple[float, float]:
+        x = (FastModel(net, path, device)(y_norm, op) * scale[:, None, None])[0].cpu().numpy()
+        return snr_db(case.reference, x), ssim(case.reference, x)
 
-    base = score(model)
-    row = [f"{base:.2f} dB"]
+    base, base_ssim = score(model)
+    row = [f"{base:.2f} dB / {base_ssim:.3f}"]
 
     def on_step(step: int, net: torch.nn.Module) -> None:
         if step % every == 0 or step == settings.steps:
-            gain = score(net) - base
-            gains.setdefault(step, []).append(gain)
-            row.append(f"{step}: {gain:+.2f}")
+            snr, structure = score(net)
+            gains.setdefault(step, []).append(snr - base)
+            ssim_gains.setdefault(step, []).append(structure - base_ssim)
+            row.append(f"{step}: {snr - base:+.2f}/{structure - base_ssim:+.3f}")
 
     adapt_model(model, y_norm, op, settings, bf16=path.bf16, on_step=on_step)
     return "  ".join(row)
@@ -72,6 +77,8 @@ def main() -> None:
     parser.add_argument("--holdout", type=float, default=AdaptSettings.holdout)
     parser.add_argument("--splits", type=int, default=AdaptSettings.splits)
     parser.add_argument("--cg", type=int, default=None, help="CG steps per copy while adapting (default: the model's)")
+    parser.add_argument("--schedule", default=AdaptSettings.schedule, choices=["constant", "cosine"])
+    parser.add_argument("--random-phase", action="store_true", help="turn each split by a random global phase")
     parser.add_argument("--family", default="radial", choices=["radial", "uniform", "both"])
     parser.add_argument("--names", default="", help="comma-separated brains (default: all five)")
     parser.add_argument("--fast-path", default="auto")
@@ -82,7 +89,13 @@ def main() -> None:
     percentile = float(bundle.normalisation.get("percentile", 99.0))
     path = FastPath.parse(args.fast_path, device)
     settings = AdaptSettings(
-        steps=args.steps, lr=args.lr, holdout=args.holdout, splits=args.splits, cg_iterations=args.cg
+        steps=args.steps,
+        lr=args.lr,
+        holdout=args.holdout,
+        splits=args.splits,
+        cg_iterations=args.cg,
+        schedule=args.schedule,
+        random_phase=args.random_phase,
     )
     names = [n for n in args.names.split(",") if n]
     cases = [
@@ -92,12 +105,16 @@ def main() -> None:
         and (not names or c.name.split("/")[0] in names)
     ]
     gains: dict[int, list[float]] = {}
+    ssim_gains: dict[int, list[float]] = {}
     print(f"{settings}, fast path {path.name}")
     for case in cases:
         begin = time.perf_counter()
-        row = sweep_case(case, bundle.model, percentile, settings, path, args.every, gains)
+        row = sweep_case(case, bundle.model, percentile, settings, path, args.every, gains, ssim_gains)
         print(f"{case.name:34s} {row}  ({time.perf_counter() - begin:.0f} s)", flush=True)
-    print("mean gain: " + "  ".join(f"{s}: {np.mean(g):+.2f}" for s, g in sorted(gains.items())))
+    print(
+        "mean gain (dB/SSIM): "
+        + "  ".join(f"{s}: {np.mean(g):+.2f}/{np.mean(ssim_gains[s]):+.3f}" for s, g in sorted(gains.items()))
+    )
 
 
 if __name__ == "__main__":

@@ -53,6 +53,7 @@ def params(model: torch.nn.Module) -> list[torch.Tensor]:
         {"centre": -1},
         {"density_sigma": 0.0},
         {"cg_iterations": 0},
+        {"schedule": "linear"},
     ],
 )
 def test_impossible_settings_are_named_errors(bad):
@@ -114,6 +115,32 @@ def test_adaptation_predicts_samples_it_never_saw_better_and_leaves_the_bundle_a
     again, _ = adapt_model(model, y, op, settings)
     for a, b in zip(params(net), params(again), strict=True):
         assert torch.equal(a, b)
+
+
+def update_sizes(settings: AdaptSettings) -> list[float]:
+    """Size of every Adam step's change of the adapted copy's weights."""
+    mask = make_mask("poisson", SHAPE, 3.0, seed=4, calib=10).mask
+    y, op = normalised(*phantom_problem(mask, seed=4))
+    model = load_bundle(DEFAULT_BUNDLE).model
+    last, sizes = params(model), []
+
+    def on_step(step: int, net: torch.nn.Module) -> None:
+        now = params(net)
+        sizes.append(float(sum((a - b).square().sum() for a, b in zip(now, last, strict=True)).sqrt()))
+        last[:] = now
+
+    adapt_model(model, y, op, settings, on_step=on_step)
+    return sizes
+
+
+def test_cosine_schedule_takes_the_steps_down_to_nothing_and_random_phase_changes_the_copy():
+    constant = update_sizes(AdaptSettings(steps=8, lr=2e-4))
+    cosine = update_sizes(AdaptSettings(steps=8, lr=2e-4, schedule="cosine"))
+    assert cosine[0] == pytest.approx(constant[0], rel=1e-4)  # the same first step
+    assert cosine[-1] < 0.1 * cosine[0] and constant[-1] > 0.3 * constant[0]
+    turned = update_sizes(AdaptSettings(steps=3, lr=2e-4, random_phase=True))
+    assert turned == update_sizes(AdaptSettings(steps=3, lr=2e-4, random_phase=True))  # seeded
+    assert turned[0] != pytest.approx(constant[0], rel=1e-3)
 
 
 def test_rgancs_adapts_per_call_and_says_so_in_the_image_meta():
