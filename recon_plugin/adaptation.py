@@ -35,6 +35,8 @@ from .physics import SenseOperator
 
 #: Learning-rate schedules of the adaptation's Adam steps.
 SCHEDULES = ("constant", "cosine")
+#: How measured samples are drawn into the loss set: one by one, or by whole k-space lines.
+SPLITS = ("points", "lines")
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,10 @@ class AdaptSettings:
     k-space pixels), CG steps per copy while adapting (None = the model's own), the ``seed`` of the splits, the
     learning-rate ``schedule`` ("constant", or "cosine": from ``lr`` down to 0 at the last step) and
     ``random_phase`` (each split's k-space turned by a random global phase, which the loss does not see but the
-    network, not phase-equivariant, does)."""
+    network, not phase-equivariant, does) and ``split``: "points" puts each measured sample in the loss set on its
+    own; "lines", where the mask is made of whole k-space lines (Cartesian phase encoding), puts whole lines there
+    (those less than ``centre`` lines from the centre stay in the input), so the loss asks what the scan itself
+    asks, a missing line from its neighbours; masks that are not whole lines are split by points."""
 
     steps: int = 0
     lr: float = 2e-4
@@ -57,6 +62,7 @@ class AdaptSettings:
     seed: int = 0
     schedule: str = "constant"
     random_phase: bool = False
+    split: str = "points"
 
     def __post_init__(self) -> None:
         checks = (
@@ -68,6 +74,7 @@ class AdaptSettings:
             ("density_sigma", self.density_sigma > 0, "> 0"),
             ("cg_iterations", self.cg_iterations is None or self.cg_iterations >= 1, "None or an integer >= 1"),
             ("schedule", self.schedule in SCHEDULES, f"one of {', '.join(SCHEDULES)}"),
+            ("split", self.split in SPLITS, f"one of {', '.join(SPLITS)}"),
         )
         for name, ok, expected in checks:
             if not ok:
@@ -113,6 +120,28 @@ def loss_candidates(y: np.ndarray, mask: np.ndarray, centre: int) -> np.ndarray:
     return mask & ~box & (np.abs(y).sum(0) > 0)
 
 
+def line_axis(mask: np.ndarray) -> int | None:
+    """0 when every sampled row of the 2D ``mask`` is sampled whole (the mask is a set of rows), 1 for columns,
+    None when it is neither (radial, Poisson-disc and other 2D patterns)."""
+    for axis in (0, 1):
+        lines = mask if axis == 0 else mask.T
+        sampled = lines.any(axis=1)
+        if sampled.any() and lines[sampled].all() and not sampled.all():
+            return axis
+    return None
+
+
+def loss_set(candidates: np.ndarray, axis: int | None, settings: AdaptSettings, rng: np.random.Generator) -> np.ndarray:
+    """One random loss set: a ``holdout`` share of the candidate samples, by lines along ``axis`` when the split is
+    "lines" and the mask is made of lines (the ``centre`` lines nearest the centre never), else by points."""
+    if settings.split != "lines" or axis is None:
+        return candidates & (rng.random(candidates.shape) < settings.holdout)
+    n = candidates.shape[axis]
+    picked = rng.random(n) < settings.holdout
+    picked[np.abs(np.arange(n) - n // 2) < settings.centre] = False
+    return candidates & (picked[:, None] if axis == 0 else picked[None, :])
+
+
 def adapt_model(
     model: RecurrentProximalNet,
     y: torch.Tensor,
@@ -138,6 +167,7 @@ def adapt_model(
         maps = None if op.maps is None else op.maps.clone().expand(y.shape[0], -1, -1, -1)
         y_np = y.cpu().numpy()
         candidates = [loss_candidates(y_np[i], masks[i], settings.centre) for i in range(len(masks))]
+        axes = [line_axis(m) for m in masks]
         weights = torch.from_numpy(np.stack([loss_weights(m, settings.density_sigma) for m in masks])).to(device)
         if not any(c.any() for c in candidates):
             raise InvalidInputError("adaptation: no measured sample outside the centre box to learn from")
@@ -154,7 +184,7 @@ def adapt_model(
         autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
         for _ in range(settings.steps):
             picks = rng.integers(len(masks), size=settings.splits)
-            lam = np.stack([candidates[i] & (rng.random(masks[i].shape) < settings.holdout) for i in picks])
+            lam = np.stack([loss_set(candidates[i], axes[i], settings, rng) for i in picks])
             theta = masks[picks] & ~lam
             lam_t, theta_t = torch.from_numpy(lam).to(device), torch.from_numpy(theta).to(device)
             idx = torch.from_numpy(picks).to(device)

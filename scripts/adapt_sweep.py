@@ -5,6 +5,7 @@ Usage::
 
     python scripts/adapt_sweep.py sample_data/weights/rgancs_cg_10x1x32i_mc_phase9 --steps 40 --every 8 \\
         [--lr 2e-4] [--holdout 0.4] [--splits 2] [--cg N] [--schedule constant|cosine] [--random-phase] \\
+        [--split points|lines] \\
         [--family radial|uniform|both] [--names a,b] \\
         [--fast-path auto] [--data ../shared/data/multicoil_kspace]
 
@@ -78,6 +79,7 @@ def main() -> None:
     parser.add_argument("--splits", type=int, default=AdaptSettings.splits)
     parser.add_argument("--cg", type=int, default=None, help="CG steps per copy while adapting (default: the model's)")
     parser.add_argument("--schedule", default=AdaptSettings.schedule, choices=["constant", "cosine"])
+    parser.add_argument("--split", default=AdaptSettings.split, choices=["points", "lines"])
     parser.add_argument("--random-phase", action="store_true", help="turn each split by a random global phase")
     parser.add_argument("--family", default="radial", choices=["radial", "uniform", "both"])
     parser.add_argument("--names", default="", help="comma-separated brains (default: all five)")
@@ -96,6 +98,7 @@ def main() -> None:
         cg_iterations=args.cg,
         schedule=args.schedule,
         random_phase=args.random_phase,
+        split=args.split,
     )
     names = [n for n in args.names.split(",") if n]
     cases = [

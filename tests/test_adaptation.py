@@ -8,7 +8,14 @@ import torch
 from conftest import ellipse_slices
 from review_helpers import geometry as geometry_of
 
-from recon_plugin.adaptation import AdaptSettings, adapt_model, loss_candidates, loss_weights
+from recon_plugin.adaptation import (
+    AdaptSettings,
+    adapt_model,
+    line_axis,
+    loss_candidates,
+    loss_set,
+    loss_weights,
+)
 from recon_plugin.errors import InvalidInputError, ProtocolError
 from recon_plugin.gadget_settings import GadgetSettings
 from recon_plugin.images import image_meta, make_image
@@ -54,6 +61,7 @@ def params(model: torch.nn.Module) -> list[torch.Tensor]:
         {"density_sigma": 0.0},
         {"cg_iterations": 0},
         {"schedule": "linear"},
+        {"split": "rows"},
     ],
 )
 def test_impossible_settings_are_named_errors(bad):
@@ -71,6 +79,27 @@ def test_loss_weights_favour_sparse_k_space_and_candidates_skip_the_centre_and_g
     cand = loss_candidates(y, mask, centre=6)
     assert not cand[27:38, 27:38].any() and not cand[0].any()
     assert cand.sum() == (mask & ~(np.abs(y).sum(0) == 0)).sum() - mask[27:38, 27:38].sum()
+
+
+def test_line_masks_are_split_by_whole_lines_and_other_masks_by_points():
+    rows = make_mask("uniform", (64, 48), 3.0, seed=0, calib=8).mask
+    assert line_axis(rows) == 0 and line_axis(rows.T) == 1
+    assert line_axis(make_mask("radial", (64, 64), 5.0, seed=0, calib=12).mask) is None
+    assert line_axis(np.ones((8, 8), bool)) is None  # fully sampled: no missing line to imitate
+    y = np.ones((2, 64, 48), np.complex64) * rows
+    cand = loss_candidates(y, rows, centre=4)
+    rng = np.random.default_rng(0)
+    lines = loss_set(cand, 0, AdaptSettings(split="lines", centre=4), rng)
+    per_row = lines.sum(1)
+    assert lines.any() and set(per_row[per_row > 0]) == {48}  # whole rows or nothing
+    assert not lines[29:36].any()  # the rows nearest the centre stay in the input
+    assert 0.2 < lines.sum() / cand.sum() < 0.6
+    points = loss_set(cand, 0, AdaptSettings(split="points", centre=4), rng)
+    assert (points.sum(1) < 48).any()  # points: rows are broken up
+    assert np.array_equal(
+        loss_set(cand, None, AdaptSettings(split="lines"), np.random.default_rng(1)),
+        loss_set(cand, None, AdaptSettings(split="points"), np.random.default_rng(1)),
+    )
 
 
 def test_zero_steps_return_an_unchanged_copy():
