@@ -44,13 +44,13 @@ class AdaptSettings:
     """How to adapt: ``steps`` (0 = off), Adam ``lr``, the share of measured samples in the loss set
     (``holdout``), ``splits`` per step, the centre box kept in the input (``centre``: the samples less than that
     many pixels from the centre on both axes), the Gaussian width of the density estimate (``density_sigma``,
-    k-space pixels), CG steps per copy while adapting (None = the model's own), the ``seed`` of the splits, the
-    learning-rate ``schedule`` ("constant", or "cosine": from ``lr`` down to 0 at the last step) and
-    ``random_phase`` (each split's k-space turned by a random global phase, which the loss does not see but the
-    network, not phase-equivariant, does) and ``split``: "points" puts each measured sample in the loss set on its
-    own; "lines", where the mask is made of whole k-space lines (Cartesian phase encoding), puts whole lines there
-    (those less than ``centre`` lines from the centre stay in the input), so the loss asks what the scan itself
-    asks, a missing line from its neighbours; masks that are not whole lines are split by points."""
+    k-space pixels), CG steps per copy while adapting (None = the model's own) and the ``seed`` of the splits.
+
+    ``schedule``: "constant" ``lr``, or "cosine" from ``lr`` down to 0 at the last step. ``random_phase``: turn
+    each split's k-space by a random global phase (the loss does not see it; the network, not phase-equivariant,
+    does). ``split``: "points" draws measured samples into the loss set one by one; "lines", where the mask is
+    made of whole k-space lines (Cartesian phase encoding), draws whole lines (the ``centre`` lines nearest the
+    centre stay in the input), so the loss asks what the scan asks, a missing line; other masks go by points."""
 
     steps: int = 0
     lr: float = 2e-4

@@ -23,7 +23,7 @@ import time
 import numpy as np
 import torch
 
-from recon_plugin.adaptation import AdaptSettings, adapt_model
+from recon_plugin.adaptation import SCHEDULES, SPLITS, AdaptSettings, adapt_model
 from recon_plugin.evaluation import Case
 from recon_plugin.metrics import snr_db, ssim
 from recon_plugin.model import load_bundle
@@ -78,8 +78,8 @@ def main() -> None:
     parser.add_argument("--holdout", type=float, default=AdaptSettings.holdout)
     parser.add_argument("--splits", type=int, default=AdaptSettings.splits)
     parser.add_argument("--cg", type=int, default=None, help="CG steps per copy while adapting (default: the model's)")
-    parser.add_argument("--schedule", default=AdaptSettings.schedule, choices=["constant", "cosine"])
-    parser.add_argument("--split", default=AdaptSettings.split, choices=["points", "lines"])
+    parser.add_argument("--schedule", default=AdaptSettings.schedule, choices=SCHEDULES)
+    parser.add_argument("--split", default=AdaptSettings.split, choices=SPLITS)
     parser.add_argument("--random-phase", action="store_true", help="turn each split by a random global phase")
     parser.add_argument("--family", default="radial", choices=["radial", "uniform", "both"])
     parser.add_argument("--names", default="", help="comma-separated brains (default: all five)")
