@@ -35,8 +35,8 @@ from .physics import SenseOperator
 
 #: Learning-rate schedules of the adaptation's Adam steps.
 SCHEDULES = ("constant", "cosine")
-#: How measured samples are drawn into the loss set: one by one, or by whole k-space lines.
-SPLITS = ("points", "lines")
+#: How measured samples are drawn into the loss set: one by one, by whole k-space lines, or the two in turn.
+SPLITS = ("points", "lines", "mixed")
 
 
 @dataclass(frozen=True)
@@ -50,19 +50,20 @@ class AdaptSettings:
     each split's k-space by a random global phase (the loss does not see it; the network, not phase-equivariant,
     does). ``split``: "points" draws measured samples into the loss set one by one; "lines", where the mask is
     made of whole k-space lines (Cartesian phase encoding), draws whole lines (the ``centre`` lines nearest the
-    centre stay in the input), so the loss asks what the scan asks, a missing line; other masks go by points."""
+    centre stay in the input), so the loss asks what the scan asks, a missing line; other masks go by points.
+    "mixed" draws the splits by points and by lines in turn (points first, counted across steps)."""
 
     steps: int = 0
     lr: float = 2e-4
     holdout: float = 0.4
-    splits: int = 2
+    splits: int = 1
     centre: int = 6
     density_sigma: float = 6.0
     cg_iterations: int | None = None
     seed: int = 0
     schedule: str = "constant"
     random_phase: bool = False
-    split: str = "points"
+    split: str = "mixed"
 
     def __post_init__(self) -> None:
         checks = (
@@ -131,10 +132,14 @@ def line_axis(mask: np.ndarray) -> int | None:
     return None
 
 
-def loss_set(candidates: np.ndarray, axis: int | None, settings: AdaptSettings, rng: np.random.Generator) -> np.ndarray:
-    """One random loss set: a ``holdout`` share of the candidate samples, by lines along ``axis`` when the split is
-    "lines" and the mask is made of lines (the ``centre`` lines nearest the centre never), else by points."""
-    if settings.split != "lines" or axis is None:
+def loss_set(
+    candidates: np.ndarray, axis: int | None, settings: AdaptSettings, rng: np.random.Generator, index: int = 0
+) -> np.ndarray:
+    """One random loss set (the ``index``-th split of an adaptation): a ``holdout`` share of the candidate samples, by
+    lines along ``axis`` when the split is "lines" (or "mixed" and ``index`` is odd) and the mask is made of lines
+    (the ``centre`` lines nearest the centre never), else by points."""
+    by_lines = settings.split == "lines" or (settings.split == "mixed" and index % 2 == 1)
+    if not by_lines or axis is None:
         return candidates & (rng.random(candidates.shape) < settings.holdout)
     n = candidates.shape[axis]
     picked = rng.random(n) < settings.holdout
@@ -182,9 +187,10 @@ def adapt_model(
         )
         rng = np.random.default_rng(settings.seed)
         autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-        for _ in range(settings.steps):
+        for step in range(settings.steps):
             picks = rng.integers(len(masks), size=settings.splits)
-            lam = np.stack([loss_set(candidates[i], axes[i], settings, rng) for i in picks])
+            first = step * settings.splits  # splits are numbered across steps, so "mixed" alternates with 1 a step
+            lam = np.stack([loss_set(candidates[i], axes[i], settings, rng, first + k) for k, i in enumerate(picks)])
             theta = masks[picks] & ~lam
             lam_t, theta_t = torch.from_numpy(lam).to(device), torch.from_numpy(theta).to(device)
             idx = torch.from_numpy(picks).to(device)

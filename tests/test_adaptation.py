@@ -100,6 +100,10 @@ def test_line_masks_are_split_by_whole_lines_and_other_masks_by_points():
         loss_set(cand, None, AdaptSettings(split="lines"), np.random.default_rng(1)),
         loss_set(cand, None, AdaptSettings(split="points"), np.random.default_rng(1)),
     )
+    mixed = AdaptSettings(split="mixed", centre=4)
+    first, second = (loss_set(cand, 0, mixed, np.random.default_rng(2), k) for k in (0, 1))
+    assert ((first.sum(1) > 0) & (first.sum(1) < 48)).any()  # split 0 of a step: points, rows broken up
+    assert set(second.sum(1)[second.sum(1) > 0]) == {48}  # split 1: whole rows
 
 
 def test_zero_steps_return_an_unchanged_copy():

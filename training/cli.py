@@ -111,6 +111,9 @@ def evaluate(
         int, typer.Option(min=0, help="RGANCS: self-supervised steps on each slice's own k-space first (0: off)")
     ] = 0,
     adapt_lr: Annotated[float, typer.Option(help="RGANCS: Adam's lr while adapting")] = 2e-4,
+    adapt_split: Annotated[
+        str, typer.Option(help="RGANCS: loss sets by points, lines (line masks) or mixed (the two in turn)")
+    ] = "mixed",
 ) -> None:
     """SNR, SSIM and seconds per slice of zero-filled, CS-WV, CS-TV and a bundle on the same masks and coil maps."""
     import json
@@ -137,7 +140,7 @@ def evaluate(
         methods=methods,
         workers=workers,
         mask_file=mask_file,
-        adapt=AdaptSettings(steps=adapt_steps, lr=adapt_lr),
+        adapt=AdaptSettings(steps=adapt_steps, lr=adapt_lr, split=adapt_split),
     )
     s = report.settings
     title = (
@@ -149,6 +152,7 @@ def evaluate(
         title += f", bundle {Path(s['bundle']).name} ({s['bundle_sha256'][:12]})"
     if "adapt" in s:
         title += f", adapted {s['adapt']['steps']} steps at lr {s['adapt']['lr']:g}"
+        title += f", {s['adapt'].get('split', 'points')} split"
     console.print(title)
     table = Table()
     for col in ("method", "slice", "SNR dB", "SSIM", "s/slice"):

@@ -486,5 +486,5 @@ def run_eval(
         "single_coil_bundle": portable_path(single.bundle.path) if single is not None else None,
     }
     if adapt is not None and adapt.enabled:  # only then: earlier JSON stays comparable key for key
-        settings["adapt"] = {"steps": adapt.steps, "lr": adapt.lr}
+        settings["adapt"] = {"steps": adapt.steps, "lr": adapt.lr, "split": adapt.split, "splits": adapt.splits}
     return EvalReport(rows, method_means(rows), settings)
