@@ -58,7 +58,16 @@ _BART = frozenset({"lambda", "iterations", "time_limit", "workers"})
 #: The properties each gadget target accepts; any other is a ProtocolError (a typo must not pass silently).
 PROPERTIES: dict[str, frozenset[str]] = {
     "rgancs": _COMMON
-    | {"weights", "single_coil_weights", "fast_path", "batch_size", "phase_average", "adapt_steps", "adapt_lr"},
+    | {
+        "weights",
+        "single_coil_weights",
+        "fast_path",
+        "batch_size",
+        "phase_average",
+        "adapt_steps",
+        "adapt_lr",
+        "adapt_split",
+    },
     "zero_filled": _COMMON,
     "cs_wavelet": _COMMON | _BART,
     "cs_tv": _COMMON | _BART,
@@ -93,6 +102,7 @@ class GadgetSettings:
     phase_average: int = 0  # 0: the bundle's (RecurrentProximalNet's phase_average)
     adapt_steps: int = 0  # scan-specific self-supervised steps before reconstructing (recon_plugin.adaptation)
     adapt_lr: float = 2e-4  # Adam's learning rate while adapting (AdaptSettings.lr; this module imports no torch)
+    adapt_split: str | None = None  # how loss sets are drawn while adapting; None: AdaptSettings' default
     retro: RetroSettings | None = None
     series_index: int = 0
     complex_output: bool = False
@@ -106,7 +116,8 @@ class GadgetSettings:
 
     @classmethod
     def from_properties(cls, method: str, props: dict[str, str]) -> GadgetSettings:
-        """Parse properties (weights, device, batch_size, fast_path, phase_average, adapt_steps, adapt_lr, threads,
+        """Parse properties (weights, device, batch_size, fast_path, phase_average, adapt_steps, adapt_lr,
+        adapt_split, threads,
         mask, retro_acceleration, seed, calib, calib_width, series_index, complex, reference; for BART CS: lambda,
         iterations, time_limit, workers); a bad value is a ProtocolError naming the property."""
         if method not in METHODS:
@@ -126,6 +137,7 @@ class GadgetSettings:
             phase_average=_number(props, "phase_average", 0, int, minimum=0),
             adapt_steps=_number(props, "adapt_steps", 0, int, minimum=0),
             adapt_lr=_number(props, "adapt_lr", 2e-4, float, minimum=0.0, strict=True),
+            adapt_split=_adapt_split(props),
             retro=retro,
             series_index=_number(props, "series_index", SERIES_INDEX[method], int, minimum=0),
             complex_output=_flag(props, "complex"),
@@ -181,6 +193,18 @@ def _threads(props: dict[str, str]) -> int:
     if threads < 0:
         raise ProtocolError(f"property threads={props['threads']!r} must be an integer >= 1, or 0 for the default")
     return threads
+
+
+def _adapt_split(props: dict[str, str]) -> str | None:
+    """The ``adapt_split`` property (None when absent or empty); torch is imported only when it is given."""
+    text = props.get("adapt_split", "").strip()
+    if not text:
+        return None
+    from .adaptation import SPLITS
+
+    if text not in SPLITS:
+        raise ProtocolError(f"property adapt_split={text!r} must be one of {', '.join(SPLITS)}")
+    return text
 
 
 def _flag(props: dict[str, str], name: str) -> bool:

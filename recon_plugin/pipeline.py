@@ -18,7 +18,7 @@ import ismrmrd
 import torch
 
 from .adaptation import AdaptSettings
-from .errors import ProtocolError
+from .errors import InvalidInputError, ProtocolError
 from .gadget_settings import METHODS, PROPERTIES, SERIES_INDEX, GadgetSettings, RetroSettings, default_weights
 from .images import make_image
 from .kspace import Assembled, Assembler
@@ -33,8 +33,8 @@ log = logging.getLogger(__name__)
 __all__ = ["METHODS", "PROPERTIES", "GadgetSettings", "RetroSettings", "default_weights"]
 _REGULARISERS = {"cs_wavelet": "wavelet", "cs_tv": "tv"}
 
-#: (weights, device, batch_size, fast_path, phase_average, adapt_steps, adapt_lr) of a resident model.
-_Key = tuple[str, str, int, str, int, int, float]
+#: (weights, device, batch_size, fast_path, phase_average, adapt_steps, adapt_lr, adapt_split) of a resident model.
+_Key = tuple[str, str, int, str, int, int, float, str | None]
 _RESIDENT: dict[_Key, Reconstructor] = {}
 #: Routed pairs of resident models, kept like them (one wrapper per pair).
 _ROUTED: dict[tuple[_Key, _Key], CoilRoutedRGANCS] = {}
@@ -116,6 +116,7 @@ def _resident_key(settings: GadgetSettings, weights: Path) -> _Key:
         settings.phase_average,
         settings.adapt_steps,
         settings.adapt_lr,
+        settings.adapt_split,
     )
 
 
@@ -128,9 +129,15 @@ def _resident_rgancs(settings: GadgetSettings, weights: Path) -> RGANCS:
             batch_size=settings.batch_size,
             fast_path=settings.fast_path,
             phase_average=settings.phase_average or None,
-            adapt=AdaptSettings(steps=settings.adapt_steps, lr=settings.adapt_lr),
+            adapt=_adapt_settings(settings),
         )
     return _RESIDENT[key]
+
+
+def _adapt_settings(settings: GadgetSettings) -> AdaptSettings:
+    """The adaptation the ``adapt_*`` properties ask for (AdaptSettings' defaults for the rest)."""
+    split = {} if settings.adapt_split is None else {"split": settings.adapt_split}
+    return AdaptSettings(steps=settings.adapt_steps, lr=settings.adapt_lr, **split)
 
 
 def default_rgancs(
@@ -138,12 +145,15 @@ def default_rgancs(
 ) -> Reconstructor:
     """RGANCS as a gadget without properties runs it: ``weights`` (default :func:`default_weights`) for every
     slice, or, without ``weights``, the default bundle for multi-coil and the single-coil default for single-coil
-    slices; ``adapt`` as the ``adapt_steps`` / ``adapt_lr`` properties would set it."""
+    slices; ``adapt`` as the ``adapt_steps`` / ``adapt_lr`` / ``adapt_split`` properties would set it (any other
+    field away from its default is an InvalidInputError: no property carries it)."""
     props = {"device": device}
     if weights is not None:
         props["weights"] = str(weights)
     if adapt is not None and adapt.enabled:
-        props |= {"adapt_steps": str(adapt.steps), "adapt_lr": repr(adapt.lr)}
+        props |= {"adapt_steps": str(adapt.steps), "adapt_lr": repr(adapt.lr), "adapt_split": adapt.split}
+        if adapt != replace(AdaptSettings(), steps=adapt.steps, lr=adapt.lr, split=adapt.split):
+            raise InvalidInputError(f"{adapt} sets adaptation fields no gadget property carries; use RGANCS(adapt=...)")
     return build_reconstructor(GadgetSettings.from_properties("rgancs", props))
 
 

@@ -77,7 +77,7 @@ def render(table: str, folder: Path, columns: list[tuple[str, str]], metric: str
     return "\n".join(lines)
 
 
-_BLOCK = re.compile(r"(<!-- eval:(\w+)(?::(\w+))?(?: ([\w=,. -]+))? -->\n).*?(<!-- /eval -->)", re.S)
+_BLOCK = re.compile(r"(<!-- eval:(\w+)(?::(\w+))?(?: ([\w=,. ();-]+))? -->\n).*?(<!-- /eval -->)", re.S)
 
 
 def fill(path: Path, folder: Path, columns: list[tuple[str, str]]) -> int:
