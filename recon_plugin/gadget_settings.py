@@ -67,6 +67,7 @@ PROPERTIES: dict[str, frozenset[str]] = {
         "adapt_steps",
         "adapt_lr",
         "adapt_split",
+        "adapt_splits",
     },
     "zero_filled": _COMMON,
     "cs_wavelet": _COMMON | _BART,
@@ -103,6 +104,7 @@ class GadgetSettings:
     adapt_steps: int = 0  # scan-specific self-supervised steps before reconstructing (recon_plugin.adaptation)
     adapt_lr: float = 2e-4  # Adam's learning rate while adapting (AdaptSettings.lr; this module imports no torch)
     adapt_split: str | None = None  # how loss sets are drawn while adapting; None: AdaptSettings' default
+    adapt_splits: int = 0  # random splits per adaptation step; 0: AdaptSettings' default
     retro: RetroSettings | None = None
     series_index: int = 0
     complex_output: bool = False
@@ -117,7 +119,7 @@ class GadgetSettings:
     @classmethod
     def from_properties(cls, method: str, props: dict[str, str]) -> GadgetSettings:
         """Parse properties (weights, device, batch_size, fast_path, phase_average, adapt_steps, adapt_lr,
-        adapt_split, threads,
+        adapt_split, adapt_splits, threads,
         mask, retro_acceleration, seed, calib, calib_width, series_index, complex, reference; for BART CS: lambda,
         iterations, time_limit, workers); a bad value is a ProtocolError naming the property."""
         if method not in METHODS:
@@ -138,6 +140,7 @@ class GadgetSettings:
             adapt_steps=_number(props, "adapt_steps", 0, int, minimum=0),
             adapt_lr=_number(props, "adapt_lr", 2e-4, float, minimum=0.0, strict=True),
             adapt_split=_adapt_split(props),
+            adapt_splits=_number(props, "adapt_splits", 0, int, minimum=1),
             retro=retro,
             series_index=_number(props, "series_index", SERIES_INDEX[method], int, minimum=0),
             complex_output=_flag(props, "complex"),

@@ -33,8 +33,9 @@ log = logging.getLogger(__name__)
 __all__ = ["METHODS", "PROPERTIES", "GadgetSettings", "RetroSettings", "default_weights"]
 _REGULARISERS = {"cs_wavelet": "wavelet", "cs_tv": "tv"}
 
-#: (weights, device, batch_size, fast_path, phase_average, adapt_steps, adapt_lr, adapt_split) of a resident model.
-_Key = tuple[str, str, int, str, int, int, float, str | None]
+#: (weights, device, batch_size, fast_path, phase_average, adapt_steps, adapt_lr, adapt_split, adapt_splits) of a
+#: resident model.
+_Key = tuple[str, str, int, str, int, int, float, str | None, int]
 _RESIDENT: dict[_Key, Reconstructor] = {}
 #: Routed pairs of resident models, kept like them (one wrapper per pair).
 _ROUTED: dict[tuple[_Key, _Key], CoilRoutedRGANCS] = {}
@@ -117,6 +118,7 @@ def _resident_key(settings: GadgetSettings, weights: Path) -> _Key:
         settings.adapt_steps,
         settings.adapt_lr,
         settings.adapt_split,
+        settings.adapt_splits,
     )
 
 
@@ -136,8 +138,10 @@ def _resident_rgancs(settings: GadgetSettings, weights: Path) -> RGANCS:
 
 def _adapt_settings(settings: GadgetSettings) -> AdaptSettings:
     """The adaptation the ``adapt_*`` properties ask for (AdaptSettings' defaults for the rest)."""
-    split = {} if settings.adapt_split is None else {"split": settings.adapt_split}
-    return AdaptSettings(steps=settings.adapt_steps, lr=settings.adapt_lr, **split)
+    given = {"split": settings.adapt_split, "splits": settings.adapt_splits or None}
+    return AdaptSettings(
+        steps=settings.adapt_steps, lr=settings.adapt_lr, **{k: v for k, v in given.items() if v is not None}
+    )
 
 
 def default_rgancs(
@@ -145,14 +149,15 @@ def default_rgancs(
 ) -> Reconstructor:
     """RGANCS as a gadget without properties runs it: ``weights`` (default :func:`default_weights`) for every
     slice, or, without ``weights``, the default bundle for multi-coil and the single-coil default for single-coil
-    slices; ``adapt`` as the ``adapt_steps`` / ``adapt_lr`` / ``adapt_split`` properties would set it (any other
-    field away from its default is an InvalidInputError: no property carries it)."""
+    slices; ``adapt`` as the ``adapt_steps`` / ``adapt_lr`` / ``adapt_split`` / ``adapt_splits`` properties would
+    set it (any other field away from its default is an InvalidInputError: no property carries it)."""
     props = {"device": device}
     if weights is not None:
         props["weights"] = str(weights)
     if adapt is not None and adapt.enabled:
-        props |= {"adapt_steps": str(adapt.steps), "adapt_lr": repr(adapt.lr), "adapt_split": adapt.split}
-        if adapt != replace(AdaptSettings(), steps=adapt.steps, lr=adapt.lr, split=adapt.split):
+        carried = {"steps": adapt.steps, "lr": adapt.lr, "split": adapt.split, "splits": adapt.splits}
+        props |= {f"adapt_{k}": repr(v) if k == "lr" else str(v) for k, v in carried.items()}
+        if adapt != replace(AdaptSettings(), **carried):
             raise InvalidInputError(f"{adapt} sets adaptation fields no gadget property carries; use RGANCS(adapt=...)")
     return build_reconstructor(GadgetSettings.from_properties("rgancs", props))
 

@@ -3,7 +3,8 @@
 Usage::
 
     python scripts/eval_suite.py --data ../shared/data --out docs/eval [--sets a,b] [--groups baselines,default]
-        [--bundle NAME=PATH ...] [--adapt NAME=STEPS[@LR] ...] [--threads 2]
+        [--bundle NAME=PATH ...] [--adapt NAME=STEPS[@LR][/SPLIT[/SPLITS]] ...]
+        [--threads 2]
 
 Sets (all with the same masks and ESPIRiT maps for every method; mask seeds from ``recon-train eval``'s default):
 
@@ -19,9 +20,10 @@ Sets (all with the same masks and ESPIRiT maps for every method; mask seeds from
 
 Method groups: ``baselines`` (zero-filled, CS-WV, CS-TV; CS-WV alone in the coil and size sweeps), ``default``
 (RGANCS as the gadgets load it, routed by coil count) and one group per ``--bundle NAME=PATH``; ``--adapt
-NAME=STEPS[@LR]`` runs group NAME's RGANCS with ``--adapt-steps STEPS`` and ``--adapt-lr LR`` (scan-specific
-adaptation of each slice; a NAME without a ``--bundle`` is the default's weights). A JSON that exists is kept
-(delete it to rerun).
+NAME=STEPS[@LR][/SPLIT[/SPLITS]]`` runs group NAME's RGANCS with ``--adapt-steps STEPS``, ``--adapt-lr LR``,
+``--adapt-split SPLIT`` and ``--adapt-splits SPLITS`` (scan-specific adaptation of each slice, e.g. ``40/points/2``
+for the settings before the fifth session of 2026-12-05; a NAME without a ``--bundle`` is the default's
+weights). A JSON that exists is kept (delete it to rerun).
 """
 
 from __future__ import annotations
@@ -114,6 +116,17 @@ SETS = (
 )
 
 
+def adapt_options(value: str) -> list[str]:
+    """``recon-train eval`` options for an ``--adapt`` value STEPS[@LR][/SPLIT[/SPLITS]]."""
+    head, *rest = value.split("/")
+    if len(rest) > 2:
+        raise SystemExit(f"--adapt {value!r}: expected STEPS[@LR][/SPLIT[/SPLITS]]")
+    steps, _, lr = head.partition("@")
+    names = ["--adapt-steps", "--adapt-lr", "--adapt-split", "--adapt-splits"]
+    values = [steps, lr, *rest]
+    return [x for name, v in zip(names, values, strict=False) if v for x in (name, v)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
@@ -122,11 +135,13 @@ def main() -> None:
     parser.add_argument("--sets", default=",".join(SETS))
     parser.add_argument("--groups", default="baselines,default")
     parser.add_argument("--bundle", action="append", default=[], help="NAME=PATH: a method group of its own")
-    parser.add_argument("--adapt", action="append", default=[], help="NAME=STEPS[@LR]: adapt group NAME to each slice")
+    parser.add_argument(
+        "--adapt", action="append", default=[], help="NAME=STEPS[@LR][/SPLIT[/SPLITS]]: adapt group NAME to each slice"
+    )
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     bundles = dict(b.split("=", 1) for b in args.bundle)
-    adapt = dict(a.split("=", 1) for a in args.adapt)  # NAME -> STEPS or STEPS@LR
+    adapt = dict(a.split("=", 1) for a in args.adapt)  # NAME -> STEPS[@LR][/SPLIT[/SPLITS]]
     named = [g for g in args.groups.split(",") if g]
     groups = named + [g for g in [*bundles, *adapt] if g not in named]
     groups = list(dict.fromkeys(groups))
@@ -146,8 +161,7 @@ def main() -> None:
             else:  # "default", or an adapted group of the default's weights
                 extra = ["--methods", "rgancs"]
             if group in adapt:
-                steps, _, lr = adapt[group].partition("@")
-                extra += ["--adapt-steps", steps] + (["--adapt-lr", lr] if lr else [])
+                extra += adapt_options(adapt[group])
             cmd = ["recon-train", "eval", *base, *extra, "--device", "cpu", "--json", str(out)]
             print(" ".join(cmd), flush=True)
             done = subprocess.run(cmd, env=env)

@@ -210,6 +210,11 @@ def test_gadget_properties_parse_and_name_bad_values():
         GadgetSettings.from_properties("cs_wavelet", {"adapt_steps": "40"})
     assert default.adapt_split is None and AdaptSettings().split == "mixed"
     assert GadgetSettings.from_properties("rgancs", {"adapt_split": "points"}).adapt_split == "points"
+    assert (
+        default.adapt_splits == 0 and GadgetSettings.from_properties("rgancs", {"adapt_splits": "2"}).adapt_splits == 2
+    )
+    with pytest.raises(ProtocolError, match="adapt_splits='0' must be >= 1"):
+        GadgetSettings.from_properties("rgancs", {"adapt_splits": "0"})
     with pytest.raises(ProtocolError, match="adapt_split='rows' must be one of points, lines, mixed"):
         GadgetSettings.from_properties("rgancs", {"adapt_split": "rows"})
 
@@ -217,11 +222,11 @@ def test_gadget_properties_parse_and_name_bad_values():
 def test_the_split_reaches_the_gadgets_reconstructor_and_unsupported_fields_are_refused():
     from recon_plugin.pipeline import default_rgancs
 
-    routed = default_rgancs("cpu", adapt=AdaptSettings(steps=2, split="lines"))
-    assert routed.multi.adapt == AdaptSettings(steps=2, split="lines")
+    routed = default_rgancs("cpu", adapt=AdaptSettings(steps=2, split="lines", splits=2))
+    assert routed.multi.adapt == AdaptSettings(steps=2, split="lines", splits=2)
     assert default_rgancs("cpu", adapt=AdaptSettings(steps=2)).multi.adapt.split == "mixed"
     with pytest.raises(InvalidInputError, match="no gadget property carries"):
-        default_rgancs("cpu", adapt=AdaptSettings(steps=2, splits=2))
+        default_rgancs("cpu", adapt=AdaptSettings(steps=2, holdout=0.3))
 
 
 def test_an_fft_first_run_under_inference_mode_can_still_be_differentiated():

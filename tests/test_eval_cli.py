@@ -296,11 +296,17 @@ def test_adapted_rgancs_is_recorded_and_differs_from_the_plain_one(files, tmp_pa
     common = ["--data", str(files["kspace"]), "--slices", "0:2", "--methods", "rgancs", "--calib", "12"]
     plain = evaluate(files, tmp_path, capsys, *common)
     adapted = evaluate(files, tmp_path, capsys, *common, "--adapt-steps", "3", "--adapt-lr", "1e-3")
+    two = evaluate(
+        files, tmp_path, capsys, *common, "--adapt-steps", "3", "--adapt-split", "points", "--adapt-splits", "2"
+    )
+    assert two["settings"]["adapt"] == {"steps": 3, "lr": 2e-4, "split": "points", "splits": 2}
     assert "adapt" not in plain["settings"]
     assert adapted["settings"]["adapt"] == {"steps": 3, "lr": 1e-3, "split": "mixed", "splits": 1}
     for a, b in zip(plain["rows"], adapted["rows"], strict=True):
         assert a["mask"] == b["mask"] and a["snr_db"] != b["snr_db"]
     code, _, stderr = run(["eval", "--data", str(files["kspace"]), "--adapt-steps", "-1"], capsys)
     assert code == 2 and "adapt-steps" in stderr
-    code, _, stderr = run(["eval", "--data", str(files["kspace"]), "--adapt-steps", "1", "--adapt-split", "rows"], capsys)
+    code, _, stderr = run(
+        ["eval", "--data", str(files["kspace"]), "--adapt-steps", "1", "--adapt-split", "rows"], capsys
+    )
     assert code == 2 and "adaptation split must be one of points, lines, mixed" in stderr

@@ -114,6 +114,7 @@ def evaluate(
     adapt_split: Annotated[
         str, typer.Option(help="RGANCS: loss sets by points, lines (line masks) or mixed (the two in turn)")
     ] = "mixed",
+    adapt_splits: Annotated[int, typer.Option(min=1, help="RGANCS: random splits per adaptation step")] = 1,
 ) -> None:
     """SNR, SSIM and seconds per slice of zero-filled, CS-WV, CS-TV and a bundle on the same masks and coil maps."""
     import json
@@ -140,7 +141,7 @@ def evaluate(
         methods=methods,
         workers=workers,
         mask_file=mask_file,
-        adapt=AdaptSettings(steps=adapt_steps, lr=adapt_lr, split=adapt_split),
+        adapt=AdaptSettings(steps=adapt_steps, lr=adapt_lr, split=adapt_split, splits=adapt_splits),
     )
     s = report.settings
     title = (
@@ -152,7 +153,7 @@ def evaluate(
         title += f", bundle {Path(s['bundle']).name} ({s['bundle_sha256'][:12]})"
     if "adapt" in s:
         title += f", adapted {s['adapt']['steps']} steps at lr {s['adapt']['lr']:g}"
-        title += f", {s['adapt'].get('split', 'points')} split"
+        title += f", {s['adapt'].get('split', 'points')} split, {s['adapt'].get('splits', 2)} a step"
     console.print(title)
     table = Table()
     for col in ("method", "slice", "SNR dB", "SSIM", "s/slice"):
