@@ -112,9 +112,12 @@ def evaluate(
     ] = 0,
     adapt_lr: Annotated[float, typer.Option(help="RGANCS: Adam's lr while adapting")] = 2e-4,
     adapt_split: Annotated[
-        str, typer.Option(help="RGANCS: loss sets by points, lines (line masks) or mixed (the two in turn)")
-    ] = "mixed",
-    adapt_splits: Annotated[int, typer.Option(min=1, help="RGANCS: random splits per adaptation step")] = 1,
+        str | None,
+        typer.Option(help="RGANCS: loss sets by points, lines (line masks) or mixed (both in turn) [default: mixed]"),
+    ] = None,
+    adapt_splits: Annotated[
+        int | None, typer.Option(min=1, help="RGANCS: random splits per adaptation step [default: 1]")
+    ] = None,
 ) -> None:
     """SNR, SSIM and seconds per slice of zero-filled, CS-WV, CS-TV and a bundle on the same masks and coil maps."""
     import json
@@ -141,7 +144,11 @@ def evaluate(
         methods=methods,
         workers=workers,
         mask_file=mask_file,
-        adapt=AdaptSettings(steps=adapt_steps, lr=adapt_lr, split=adapt_split, splits=adapt_splits),
+        adapt=AdaptSettings(
+            steps=adapt_steps,
+            lr=adapt_lr,
+            **{k: v for k, v in {"split": adapt_split, "splits": adapt_splits}.items() if v is not None},
+        ),
     )
     s = report.settings
     title = (
