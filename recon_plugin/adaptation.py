@@ -35,8 +35,11 @@ from .physics import SenseOperator
 
 #: Learning-rate schedules of the adaptation's Adam steps.
 SCHEDULES = ("constant", "cosine")
-#: How measured samples are drawn into the loss set: one by one, by whole k-space lines, or the two in turn.
-SPLITS = ("points", "lines", "mixed")
+#: How measured samples are drawn into the loss set: one by one, by whole k-space lines, the two in turn, or
+#: chosen by the coil count ("auto").
+SPLITS = ("points", "lines", "mixed", "auto")
+#: "auto" splits by points above this many coils and as "mixed" at or below it (docs/model_study.md).
+AUTO_POINTS_ABOVE_COILS = 4
 
 
 @dataclass(frozen=True)
@@ -51,7 +54,8 @@ class AdaptSettings:
     does). ``split``: "points" draws measured samples into the loss set one by one; "lines", where the mask is
     made of whole k-space lines (Cartesian phase encoding), draws whole lines (the ``centre`` lines nearest the
     centre stay in the input), so the loss asks what the scan asks, a missing line; other masks go by points.
-    "mixed" draws the splits by points and by lines in turn (points first, counted across steps)."""
+    "mixed" draws the splits by points and by lines in turn (points first, counted across steps). "auto" (the
+    default) is "points" for slices with more than ``AUTO_POINTS_ABOVE_COILS`` coils and "mixed" for fewer."""
 
     steps: int = 0
     lr: float = 2e-4
@@ -63,7 +67,7 @@ class AdaptSettings:
     seed: int = 0
     schedule: str = "constant"
     random_phase: bool = False
-    split: str = "mixed"
+    split: str = "auto"
 
     def __post_init__(self) -> None:
         checks = (
@@ -89,19 +93,22 @@ class AdaptSettings:
 
 @dataclass
 class AdaptReport:
-    """What one adaptation did: the loss of every step (relative weighted l2 on the loss sets) and its time."""
+    """What one adaptation did: the loss of every step (relative weighted l2 on the loss sets), its time and the
+    split it used ("auto" resolved by the coil count)."""
 
     losses: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    split: str | None = None
 
     def summary(self) -> dict[str, Any]:
-        """Steps, first and last loss (mean of the first / last five steps) and seconds, for result metadata."""
+        """Steps, first and last loss (mean of the first / last five steps), seconds and split, for result metadata."""
         head, tail = self.losses[:5], self.losses[-5:]
         return {
             "steps": len(self.losses),
             "loss_first": float(np.mean(head)) if head else None,
             "loss_last": float(np.mean(tail)) if tail else None,
             "seconds": self.seconds,
+            "split": self.split,
         }
 
 
@@ -132,12 +139,22 @@ def line_axis(mask: np.ndarray) -> int | None:
     return None
 
 
+def resolve_split(split: str, coils: int) -> str:
+    """The split an adaptation of slices with ``coils`` coils uses: ``split`` itself unless it is "auto", which is
+    "points" above ``AUTO_POINTS_ABOVE_COILS`` coils and "mixed" at or below it."""
+    if split != "auto":
+        return split
+    return "points" if coils > AUTO_POINTS_ABOVE_COILS else "mixed"
+
+
 def loss_set(
     candidates: np.ndarray, axis: int | None, settings: AdaptSettings, rng: np.random.Generator, index: int = 0
 ) -> np.ndarray:
     """One random loss set (the ``index``-th split of an adaptation): a ``holdout`` share of the candidate samples, by
     lines along ``axis`` when the split is "lines" (or "mixed" and ``index`` is odd) and the mask is made of lines
     (the ``centre`` lines nearest the centre never), else by points."""
+    if settings.split == "auto":
+        raise InvalidInputError('loss_set needs a resolved split: call resolve_split for "auto" first')
     by_lines = settings.split == "lines" or (settings.split == "mixed" and index % 2 == 1)
     if not by_lines or axis is None:
         return candidates & (rng.random(candidates.shape) < settings.holdout)
@@ -176,6 +193,8 @@ def adapt_model(
         weights = torch.from_numpy(np.stack([loss_weights(m, settings.density_sigma) for m in masks])).to(device)
         if not any(c.any() for c in candidates):
             raise InvalidInputError("adaptation: no measured sample outside the centre box to learn from")
+        settings = replace(settings, split=resolve_split(settings.split, y.shape[1]))
+        report.split = settings.split
         cg = settings.cg_iterations or net.config.cg_iterations
         net.config = replace(net.config, cg_iterations=cg)
         net.train()

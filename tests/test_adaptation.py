@@ -15,6 +15,7 @@ from recon_plugin.adaptation import (
     loss_candidates,
     loss_set,
     loss_weights,
+    resolve_split,
 )
 from recon_plugin.errors import InvalidInputError, ProtocolError
 from recon_plugin.gadget_settings import GadgetSettings
@@ -31,10 +32,10 @@ from recon_plugin.simulate import simulate_problem, simulated_coil_maps, with_sm
 SHAPE = (48, 48)
 
 
-def phantom_problem(mask: np.ndarray, seed: int = 0) -> tuple[Problem, np.ndarray]:
+def phantom_problem(mask: np.ndarray, seed: int = 0, coils: int = 4) -> tuple[Problem, np.ndarray]:
     rng = np.random.default_rng(seed)
     image = with_smooth_phase(ellipse_slices(1, size=SHAPE[0], seed=seed)[0], rng)
-    maps = simulated_coil_maps(SHAPE, 4)
+    maps = simulated_coil_maps(SHAPE, coils)
     return simulate_problem(image, mask, maps), maps
 
 
@@ -104,6 +105,23 @@ def test_line_masks_are_split_by_whole_lines_and_other_masks_by_points():
     first, second = (loss_set(cand, 0, mixed, np.random.default_rng(2), k) for k in (0, 1))
     assert ((first.sum(1) > 0) & (first.sum(1) < 48)).any()  # split 0 of a step: points, rows broken up
     assert set(second.sum(1)[second.sum(1) > 0]) == {48}  # split 1: whole rows
+
+
+def test_auto_split_goes_by_points_above_four_coils_and_mixed_below():
+    assert [resolve_split("auto", c) for c in (1, 4, 5, 8, 32)] == ["mixed"] * 2 + ["points"] * 3
+    assert all(resolve_split(s, 8) == s for s in ("points", "lines", "mixed"))
+    with pytest.raises(InvalidInputError, match="resolve_split"):
+        loss_set(np.ones((8, 8), bool), 0, AdaptSettings(split="auto"), np.random.default_rng(0))
+    rows = make_mask("uniform", SHAPE, 3.0, seed=0, calib=8).mask
+    model = load_bundle(DEFAULT_BUNDLE).model
+    for coils, same_as in ((4, "mixed"), (8, "points")):
+        y, op = normalised(*phantom_problem(rows, coils=coils))
+        auto, report = adapt_model(model, y, op, AdaptSettings(steps=2, seed=3))
+        named, _ = adapt_model(model, y, op, AdaptSettings(steps=2, seed=3, split=same_as))
+        other, _ = adapt_model(model, y, op, AdaptSettings(steps=2, seed=3, split="lines"))
+        assert report.split == same_as and report.summary()["split"] == same_as
+        assert all(torch.equal(a, b) for a, b in zip(params(auto), params(named), strict=True))
+        assert not all(torch.equal(a, b) for a, b in zip(params(auto), params(other), strict=True))
 
 
 def test_zero_steps_return_an_unchanged_copy():
@@ -208,14 +226,14 @@ def test_gadget_properties_parse_and_name_bad_values():
         GadgetSettings.from_properties("rgancs", {"adapt_step": "40"})
     with pytest.raises(ProtocolError, match="adapt_steps"):  # not a BART property
         GadgetSettings.from_properties("cs_wavelet", {"adapt_steps": "40"})
-    assert default.adapt_split is None and AdaptSettings().split == "mixed"
+    assert default.adapt_split is None and AdaptSettings().split == "auto"
     assert GadgetSettings.from_properties("rgancs", {"adapt_split": "points"}).adapt_split == "points"
     assert (
         default.adapt_splits == 0 and GadgetSettings.from_properties("rgancs", {"adapt_splits": "2"}).adapt_splits == 2
     )
     with pytest.raises(ProtocolError, match="adapt_splits='0' must be >= 1"):
         GadgetSettings.from_properties("rgancs", {"adapt_splits": "0"})
-    with pytest.raises(ProtocolError, match="adapt_split='rows' must be one of points, lines, mixed"):
+    with pytest.raises(ProtocolError, match="adapt_split='rows' must be one of points, lines, mixed, auto"):
         GadgetSettings.from_properties("rgancs", {"adapt_split": "rows"})
 
 
@@ -224,7 +242,7 @@ def test_the_split_reaches_the_gadgets_reconstructor_and_unsupported_fields_are_
 
     routed = default_rgancs("cpu", adapt=AdaptSettings(steps=2, split="lines", splits=2))
     assert routed.multi.adapt == AdaptSettings(steps=2, split="lines", splits=2)
-    assert default_rgancs("cpu", adapt=AdaptSettings(steps=2)).multi.adapt.split == "mixed"
+    assert default_rgancs("cpu", adapt=AdaptSettings(steps=2)).multi.adapt.split == "auto"
     with pytest.raises(InvalidInputError, match="no gadget property carries"):
         default_rgancs("cpu", adapt=AdaptSettings(steps=2, holdout=0.3))
 

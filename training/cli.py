@@ -113,7 +113,10 @@ def evaluate(
     adapt_lr: Annotated[float, typer.Option(help="RGANCS: Adam's lr while adapting")] = 2e-4,
     adapt_split: Annotated[
         str | None,
-        typer.Option(help="RGANCS: loss sets by points, lines (line masks) or mixed (both in turn) [default: mixed]"),
+        typer.Option(
+            help="RGANCS: loss sets by points, lines (line masks), mixed (both in turn) or auto"
+            " (points above 4 coils, else mixed) [default: auto]"
+        ),
     ] = None,
     adapt_splits: Annotated[
         int | None, typer.Option(min=1, help="RGANCS: random splits per adaptation step [default: 1]")
