@@ -5,19 +5,21 @@ Usage::
 
     python scripts/adapt_sweep.py sample_data/weights/rgancs_cg_10x1x32i_mc_phase9 --steps 40 --every 8 \\
         [--lr 2e-4] [--holdout 0.4] [--splits 1] [--cg N] [--schedule constant|cosine] [--random-phase] \\
-        [--split points|lines|mixed] \\
+        [--split points|lines|mixed|auto] [--phase-average N] \\
         [--family radial|uniform|both] [--names a,b] \\
         [--fast-path auto] [--data ../shared/data/multicoil_kspace]
 
 The cases are those of ``training.real_validation`` (the real brains at radial 5x and uniform R=3 + 24 ACS, with
 their own mask seeds), so settings picked here do not use the evaluation's masks. Each case is normalised and
 scored as the RGANCS reconstructor does; one line per case (SNR / SSIM gain at every scored step), then the mean
-gains at every scored step.
+gains at every scored step. ``--phase-average N`` (N >= 2) also scores every copy with N passes at the global
+phases e^(2 pi i k / N) averaged (the ``phase_average`` setting), printed after a ``|``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 import numpy as np
@@ -43,20 +45,37 @@ def sweep_case(
     every: int,
     gains: dict[int, list[float]],
     ssim_gains: dict[int, list[float]],
+    phase_average: int = 1,
+    averaged_gains: dict[int, list[float]] | None = None,
 ) -> str:
     """Adapt ``model`` to one case, scoring the copy every ``every`` steps; SNR and SSIM gains go into ``gains``
-    and ``ssim_gains`` by step."""
+    and ``ssim_gains`` by step, and with ``phase_average`` >= 2 the SNR gain of that many phase passes (over the
+    unadapted single pass) into ``averaged_gains``."""
     device = torch.device("cpu")
     op, y = batch_operator([case.problem], device)
     scale = robust_scale(op.adjoint(y), percentile)
     y_norm = y / scale[:, None, None, None]
 
-    def score(net: torch.nn.Module) -> tuple[float, float]:
-        x = (FastModel(net, path, device)(y_norm, op) * scale[:, None, None])[0].cpu().numpy()
+    def score(net: torch.nn.Module, passes: int = 1) -> tuple[float, float]:
+        config = net.config
+        net.config = dataclasses.replace(config, phase_average=passes)
+        try:
+            x = (FastModel(net, path, device)(y_norm, op) * scale[:, None, None])[0].cpu().numpy()
+        finally:
+            net.config = config
         return snr_db(case.reference, x), ssim(case.reference, x)
 
     base, base_ssim = score(model)
     row = [f"{base:.2f} dB / {base_ssim:.3f}"]
+    averaged = phase_average >= 2 and averaged_gains is not None
+
+    def score_averaged(step: int, net: torch.nn.Module) -> None:
+        if averaged:
+            gain = score(net, phase_average)[0] - base
+            averaged_gains.setdefault(step, []).append(gain)
+            row.append(f"| x{phase_average} {gain:+.2f}")
+
+    score_averaged(0, model)
 
     def on_step(step: int, net: torch.nn.Module) -> None:
         if step % every == 0 or step == settings.steps:
@@ -64,6 +83,7 @@ def sweep_case(
             gains.setdefault(step, []).append(snr - base)
             ssim_gains.setdefault(step, []).append(structure - base_ssim)
             row.append(f"{step}: {snr - base:+.2f}/{structure - base_ssim:+.3f}")
+            score_averaged(step, net)
 
     adapt_model(model, y_norm, op, settings, bf16=path.bf16, on_step=on_step)
     return "  ".join(row)
@@ -83,6 +103,7 @@ def main() -> None:
     parser.add_argument("--random-phase", action="store_true", help="turn each split by a random global phase")
     parser.add_argument("--family", default="radial", choices=["radial", "uniform", "both"])
     parser.add_argument("--names", default="", help="comma-separated brains (default: all five)")
+    parser.add_argument("--phase-average", type=int, default=1, help="also score N averaged phase passes (N >= 2)")
     parser.add_argument("--fast-path", default="auto")
     parser.add_argument("--data", default="../shared/data/multicoil_kspace")
     args = parser.parse_args()
@@ -109,15 +130,32 @@ def main() -> None:
     ]
     gains: dict[int, list[float]] = {}
     ssim_gains: dict[int, list[float]] = {}
+    averaged_gains: dict[int, list[float]] = {}
     print(f"{settings}, fast path {path.name}")
     for case in cases:
         begin = time.perf_counter()
-        row = sweep_case(case, bundle.model, percentile, settings, path, args.every, gains, ssim_gains)
+        row = sweep_case(
+            case,
+            bundle.model,
+            percentile,
+            settings,
+            path,
+            args.every,
+            gains,
+            ssim_gains,
+            args.phase_average,
+            averaged_gains,
+        )
         print(f"{case.name:34s} {row}  ({time.perf_counter() - begin:.0f} s)", flush=True)
     print(
         "mean gain (dB/SSIM): "
         + "  ".join(f"{s}: {np.mean(g):+.2f}/{np.mean(ssim_gains[s]):+.3f}" for s, g in sorted(gains.items()))
     )
+    if averaged_gains:
+        print(
+            f"mean gain with {args.phase_average} phase passes (dB): "
+            + "  ".join(f"{s}: {np.mean(g):+.2f}" for s, g in sorted(averaged_gains.items()))
+        )
 
 
 if __name__ == "__main__":
