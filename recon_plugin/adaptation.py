@@ -55,7 +55,8 @@ class AdaptSettings:
     made of whole k-space lines (Cartesian phase encoding), draws whole lines (the ``centre`` lines nearest the
     centre stay in the input), so the loss asks what the scan asks, a missing line; other masks go by points.
     "mixed" draws the splits by points and by lines in turn (points first, counted across steps). "auto" (the
-    default) is "points" for slices with more than ``AUTO_POINTS_ABOVE_COILS`` coils and "mixed" for fewer."""
+    default) is "points" for slices with more than ``AUTO_POINTS_ABOVE_COILS`` coils and "mixed" for that many or
+    fewer."""
 
     steps: int = 0
     lr: float = 2e-4

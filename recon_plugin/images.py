@@ -28,6 +28,7 @@ _META_KEYS = {
     "lambda": "Lambda",
     "iterations": "Iterations",
     "adapt_steps": "AdaptSteps",  # RGANCS weights fine-tuned on the scan itself this many steps (not the bundle's)
+    "adapt_split": "AdaptSplit",  # how that fine-tuning drew its loss sets ("auto" resolved by the coil count)
 }
 
 

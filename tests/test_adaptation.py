@@ -210,8 +210,11 @@ def test_rgancs_adapts_per_call_and_says_so_in_the_image_meta():
     assert both.reconstruct(problem).meta["phase_average"] == 2
     assert both._adapted(problem)[0].net.config.phase_average == 2  # the override reaches the adapted copy
     geometry = geometry_of(0, 1)
-    assert image_meta(make_image(adapted, geometry, series_index=1, image_index=1))["AdaptSteps"] == "4"
-    assert "AdaptSteps" not in image_meta(make_image(plain, geometry, series_index=1, image_index=1))
+    meta = image_meta(make_image(adapted, geometry, series_index=1, image_index=1))
+    assert meta["AdaptSteps"] == "4" and meta["AdaptSplit"] == "mixed"  # "auto" with 4 coils
+    assert not {"AdaptSteps", "AdaptSplit"} & set(
+        image_meta(make_image(plain, geometry, series_index=1, image_index=1))
+    )
 
 
 def test_gadget_properties_parse_and_name_bad_values():

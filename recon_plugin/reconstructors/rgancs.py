@@ -134,6 +134,6 @@ class RGANCS(Reconstructor):
                 **problem.meta,
             }
             if adapted:
-                meta["adapt"], meta["adapt_steps"] = adapted, adapted["steps"]
+                meta["adapt"], meta["adapt_steps"], meta["adapt_split"] = adapted, adapted["steps"], adapted["split"]
             out.append(Result(image=images[j], meta=meta))
         return out
