@@ -301,7 +301,7 @@ def test_adapted_rgancs_is_recorded_and_differs_from_the_plain_one(files, tmp_pa
     )
     assert two["settings"]["adapt"] == {"steps": 3, "lr": 2e-4, "split": "points", "splits": 2}
     assert "adapt" not in plain["settings"]
-    assert adapted["settings"]["adapt"] == {"steps": 3, "lr": 1e-3, "split": "mixed", "splits": 1}
+    assert adapted["settings"]["adapt"] == {"steps": 3, "lr": 1e-3, "split": "auto", "splits": 1}
     for a, b in zip(plain["rows"], adapted["rows"], strict=True):
         assert a["mask"] == b["mask"] and a["snr_db"] != b["snr_db"]
     code, _, stderr = run(["eval", "--data", str(files["kspace"]), "--adapt-steps", "-1"], capsys)
