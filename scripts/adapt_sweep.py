@@ -7,7 +7,7 @@ Usage::
         [--lr 2e-4] [--holdout 0.4] [--splits 1] [--cg N] [--schedule constant|cosine] [--random-phase] \\
         [--split points|lines|mixed|auto] [--phase-average N] \\
         [--family radial|uniform|both] [--names a,b] \\
-        [--fast-path auto] [--data ../shared/data/multicoil_kspace]
+        [--fast-path auto] [--data ../shared/data/multicoil_kspace] [--device cpu|cuda|auto]
 
 The cases are those of ``training.real_validation`` (the real brains at radial 5x and uniform R=3 + 24 ACS, with
 their own mask seeds), so settings picked here do not use the evaluation's masks. Each case is normalised and
@@ -47,11 +47,12 @@ def sweep_case(
     ssim_gains: dict[int, list[float]],
     phase_average: int = 1,
     averaged_gains: dict[int, list[float]] | None = None,
+    device: torch.device | None = None,
 ) -> str:
     """Adapt ``model`` to one case, scoring the copy every ``every`` steps; SNR and SSIM gains go into ``gains``
     and ``ssim_gains`` by step, and with ``phase_average`` >= 2 the SNR gain of that many phase passes (over the
-    unadapted single pass) into ``averaged_gains``."""
-    device = torch.device("cpu")
+    unadapted single pass) into ``averaged_gains``. ``device`` (default the CPU) runs the scoring and adapting."""
+    device = device or torch.device("cpu")
     op, y = batch_operator([case.problem], device)
     scale = robust_scale(op.adjoint(y), percentile)
     y_norm = y / scale[:, None, None, None]
@@ -106,8 +107,10 @@ def main() -> None:
     parser.add_argument("--phase-average", type=int, default=1, help="also score N averaged phase passes (N >= 2)")
     parser.add_argument("--fast-path", default="auto")
     parser.add_argument("--data", default="../shared/data/multicoil_kspace")
+    parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"], help="auto: CUDA when present")
     args = parser.parse_args()
-    device = torch.device("cpu")
+    auto = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(auto if args.device == "auto" else args.device)
     bundle = load_bundle(args.bundle)
     percentile = float(bundle.normalisation.get("percentile", 99.0))
     path = FastPath.parse(args.fast_path, device)
@@ -131,7 +134,7 @@ def main() -> None:
     gains: dict[int, list[float]] = {}
     ssim_gains: dict[int, list[float]] = {}
     averaged_gains: dict[int, list[float]] = {}
-    print(f"{settings}, fast path {path.name}")
+    print(f"{settings}, fast path {path.name}, device {device}")
     for case in cases:
         begin = time.perf_counter()
         row = sweep_case(
@@ -145,6 +148,7 @@ def main() -> None:
             ssim_gains,
             args.phase_average,
             averaged_gains,
+            device,
         )
         print(f"{case.name:34s} {row}  ({time.perf_counter() - begin:.0f} s)", flush=True)
     print(

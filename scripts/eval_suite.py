@@ -4,7 +4,7 @@ Usage::
 
     python scripts/eval_suite.py --data ../shared/data --out docs/eval [--sets a,b] [--groups baselines,default]
         [--bundle NAME=PATH ...] [--adapt NAME=STEPS[@LR][/SPLIT[/SPLITS]] ...]
-        [--threads 2]
+        [--threads 2] [--device cpu]
 
 Sets (all with the same masks and ESPIRiT maps for every method; mask seeds from ``recon-train eval``'s default):
 
@@ -139,6 +139,7 @@ def main() -> None:
         "--adapt", action="append", default=[], help="NAME=STEPS[@LR][/SPLIT[/SPLITS]]: adapt group NAME to each slice"
     )
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="recon-train eval's --device (cpu | cuda | auto)")
     args = parser.parse_args()
     bundles = dict(b.split("=", 1) for b in args.bundle)
     adapt = dict(a.split("=", 1) for a in args.adapt)  # NAME -> STEPS[@LR][/SPLIT[/SPLITS]]
@@ -162,7 +163,7 @@ def main() -> None:
                 extra = ["--methods", "rgancs"]
             if group in adapt:
                 extra += adapt_options(adapt[group])
-            cmd = ["recon-train", "eval", *base, *extra, "--device", "cpu", "--json", str(out)]
+            cmd = ["recon-train", "eval", *base, *extra, "--device", args.device, "--json", str(out)]
             print(" ".join(cmd), flush=True)
             done = subprocess.run(cmd, env=env)
             if done.returncode:
