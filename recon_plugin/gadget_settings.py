@@ -102,7 +102,7 @@ class GadgetSettings:
     fast_path: str = "auto"
     phase_average: int = 0  # 0: the bundle's (RecurrentProximalNet's phase_average)
     adapt_steps: int = 0  # scan-specific self-supervised steps before reconstructing (recon_plugin.adaptation)
-    adapt_lr: float = 2e-4  # Adam's learning rate while adapting (AdaptSettings.lr; this module imports no torch)
+    adapt_lr: float = 4e-4  # Adam's learning rate while adapting (AdaptSettings.lr; this module imports no torch)
     adapt_split: str | None = None  # how loss sets are drawn while adapting; None: AdaptSettings' default
     adapt_splits: int = 0  # random splits per adaptation step; 0: AdaptSettings' default
     retro: RetroSettings | None = None
@@ -138,7 +138,7 @@ class GadgetSettings:
             batch_size=_number(props, "batch_size", 0, int, minimum=0),
             phase_average=_number(props, "phase_average", 0, int, minimum=0),
             adapt_steps=_number(props, "adapt_steps", 0, int, minimum=0),
-            adapt_lr=_number(props, "adapt_lr", 2e-4, float, minimum=0.0, strict=True),
+            adapt_lr=_number(props, "adapt_lr", 4e-4, float, minimum=0.0, strict=True),
             adapt_split=_adapt_split(props),
             adapt_splits=_number(props, "adapt_splits", 0, int, minimum=1),
             retro=retro,

@@ -15,6 +15,7 @@ from conftest import ellipse_slices
 from raw_helpers import tiny_2d
 
 from recon_plugin import sample_raw as sr
+from recon_plugin.adaptation import AdaptSettings
 from recon_plugin.coils import bart_available
 from recon_plugin.evaluation import mask_digest
 from recon_plugin.masks import make_mask
@@ -299,7 +300,7 @@ def test_adapted_rgancs_is_recorded_and_differs_from_the_plain_one(files, tmp_pa
     two = evaluate(
         files, tmp_path, capsys, *common, "--adapt-steps", "3", "--adapt-split", "points", "--adapt-splits", "2"
     )
-    assert two["settings"]["adapt"] == {"steps": 3, "lr": 2e-4, "split": "points", "splits": 2}
+    assert two["settings"]["adapt"] == {"steps": 3, "lr": AdaptSettings().lr, "split": "points", "splits": 2}
     assert "adapt" not in plain["settings"]
     assert adapted["settings"]["adapt"] == {"steps": 3, "lr": 1e-3, "split": "auto", "splits": 1}
     for a, b in zip(plain["rows"], adapted["rows"], strict=True):
