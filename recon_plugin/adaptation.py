@@ -59,7 +59,7 @@ class AdaptSettings:
     fewer."""
 
     steps: int = 0
-    lr: float = 4e-4  # above 2e-4 on every evaluation set at 160 steps (docs/model_study.md)
+    lr: float = 4e-4  # level with or above 2e-4 on every evaluation set at 160 steps (docs/model_study.md)
     holdout: float = 0.4
     splits: int = 1
     centre: int = 6
