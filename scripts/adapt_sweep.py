@@ -29,7 +29,7 @@ from recon_plugin.adaptation import SCHEDULES, SPLITS, AdaptSettings, adapt_mode
 from recon_plugin.evaluation import Case
 from recon_plugin.metrics import snr_db, ssim
 from recon_plugin.model import load_bundle
-from recon_plugin.reconstructors.base import batch_operator
+from recon_plugin.reconstructors.base import batch_operator, resolve_device
 from recon_plugin.reconstructors.fast_paths import FastModel, FastPath
 from recon_plugin.reconstructors.rgancs import robust_scale
 from training.config import DataConfig
@@ -109,8 +109,7 @@ def main() -> None:
     parser.add_argument("--data", default="../shared/data/multicoil_kspace")
     parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"], help="auto: CUDA when present")
     args = parser.parse_args()
-    auto = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(auto if args.device == "auto" else args.device)
+    device = resolve_device(args.device)
     bundle = load_bundle(args.bundle)
     percentile = float(bundle.normalisation.get("percentile", 99.0))
     path = FastPath.parse(args.fast_path, device)
