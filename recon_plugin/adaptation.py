@@ -7,7 +7,9 @@ Theta), reconstructs from Theta, and scores the prediction of the Lambda samples
 lambdas) move by Adam on that score. The loss weights every Lambda sample by the inverse of the mask's local
 sampling density, so that the sparsely sampled outer k-space, which looks like what was not measured, counts as
 much as the dense centre. After ``steps`` steps every slice of the group is reconstructed from all its samples with
-the adapted copy; the bundle's model is never modified.
+the adapted copy; the bundle's model is never modified. The copy serves one slice (``scope`` "slice", the
+default) or every slice of an exam with the same matrix and coils ("exam": one adaptation over all of them, its
+time shared by the exam's slices; :meth:`recon_plugin.reconstructors.RGANCS.for_exam`).
 
 It is the scan-specific zero-shot self-supervision of Yaman et al. (ZS-SSL, ICLR 2022) without its extra held-out
 set: the step count and learning rate are fixed, chosen on training's real-data validation cases
@@ -40,6 +42,8 @@ SCHEDULES = ("constant", "cosine")
 SPLITS = ("points", "lines", "mixed", "auto")
 #: "auto" splits by points above this many coils and as "mixed" at or below it (docs/model_study.md).
 AUTO_POINTS_ABOVE_COILS = 4
+#: What one adapted copy serves: one slice, or every slice of an exam with the same matrix and coils.
+SCOPES = ("slice", "exam")
 
 
 @dataclass(frozen=True)
@@ -56,7 +60,8 @@ class AdaptSettings:
     centre stay in the input), so the loss asks what the scan asks, a missing line; other masks go by points.
     "mixed" draws the splits by points and by lines in turn (points first, counted across steps). "auto" (the
     default) is "points" for slices with more than ``AUTO_POINTS_ABOVE_COILS`` coils and "mixed" for that many or
-    fewer."""
+    fewer. ``scope``: "slice" adapts one copy to each slice; "exam" one copy to all the slices of an exam that share
+    a matrix and coil count (each step draws ``splits`` of them at random), so ``steps`` are spent once per exam."""
 
     steps: int = 0
     lr: float = 4e-4  # level with or above 2e-4 on every evaluation set at 160 steps (docs/model_study.md)
@@ -69,6 +74,7 @@ class AdaptSettings:
     schedule: str = "constant"
     random_phase: bool = False
     split: str = "auto"
+    scope: str = "slice"
 
     def __post_init__(self) -> None:
         checks = (
@@ -81,6 +87,7 @@ class AdaptSettings:
             ("cg_iterations", self.cg_iterations is None or self.cg_iterations >= 1, "None or an integer >= 1"),
             ("schedule", self.schedule in SCHEDULES, f"one of {', '.join(SCHEDULES)}"),
             ("split", self.split in SPLITS, f"one of {', '.join(SPLITS)}"),
+            ("scope", self.scope in SCOPES, f"one of {', '.join(SCOPES)}"),
         )
         for name, ok, expected in checks:
             if not ok:
@@ -94,15 +101,17 @@ class AdaptSettings:
 
 @dataclass
 class AdaptReport:
-    """What one adaptation did: the loss of every step (relative weighted l2 on the loss sets), its time and the
-    split it used ("auto" resolved by the coil count)."""
+    """What one adaptation did: the loss of every step (relative weighted l2 on the loss sets), its time, the
+    split it used ("auto" resolved by the coil count) and the number of slices it adapted to."""
 
     losses: list[float] = field(default_factory=list)
     seconds: float = 0.0
     split: str | None = None
+    slices: int = 1
 
     def summary(self) -> dict[str, Any]:
-        """Steps, first and last loss (mean of the first / last five steps), seconds and split, for result metadata."""
+        """Steps, first and last loss (mean of the first / last five steps), seconds, split and slices, for result
+        metadata."""
         head, tail = self.losses[:5], self.losses[-5:]
         return {
             "steps": len(self.losses),
@@ -110,6 +119,7 @@ class AdaptReport:
             "loss_last": float(np.mean(tail)) if tail else None,
             "seconds": self.seconds,
             "split": self.split,
+            "slices": self.slices,
         }
 
 
@@ -178,7 +188,7 @@ def adapt_model(
     (step number from 1, the copy in train mode) is called after every step, e.g. to score the copy as it goes."""
     if y.ndim != 4:
         raise InvalidInputError(f"adaptation needs k-space [batch, coils, ny, nx], got {tuple(y.shape)}")
-    report = AdaptReport()
+    report = AdaptReport(slices=int(y.shape[0]))
     with torch.inference_mode(False), torch.enable_grad():
         net = copy.deepcopy(model).to(y.device)
         if not settings.enabled:

@@ -68,6 +68,7 @@ PROPERTIES: dict[str, frozenset[str]] = {
         "adapt_lr",
         "adapt_split",
         "adapt_splits",
+        "adapt_scope",
     },
     "zero_filled": _COMMON,
     "cs_wavelet": _COMMON | _BART,
@@ -105,6 +106,7 @@ class GadgetSettings:
     adapt_lr: float = 4e-4  # Adam's learning rate while adapting (AdaptSettings.lr; this module imports no torch)
     adapt_split: str | None = None  # how loss sets are drawn while adapting; None: AdaptSettings' default
     adapt_splits: int = 0  # random splits per adaptation step; 0: AdaptSettings' default
+    adapt_scope: str | None = None  # slice (a copy per slice) or exam (one per exam); None: AdaptSettings' default
     retro: RetroSettings | None = None
     series_index: int = 0
     complex_output: bool = False
@@ -119,7 +121,7 @@ class GadgetSettings:
     @classmethod
     def from_properties(cls, method: str, props: dict[str, str]) -> GadgetSettings:
         """Parse properties (weights, device, batch_size, fast_path, phase_average, adapt_steps, adapt_lr,
-        adapt_split, adapt_splits, threads,
+        adapt_split, adapt_splits, adapt_scope, threads,
         mask, retro_acceleration, seed, calib, calib_width, series_index, complex, reference; for BART CS: lambda,
         iterations, time_limit, workers); a bad value is a ProtocolError naming the property."""
         if method not in METHODS:
@@ -139,7 +141,8 @@ class GadgetSettings:
             phase_average=_number(props, "phase_average", 0, int, minimum=0),
             adapt_steps=_number(props, "adapt_steps", 0, int, minimum=0),
             adapt_lr=_number(props, "adapt_lr", 4e-4, float, minimum=0.0, strict=True),
-            adapt_split=_adapt_split(props),
+            adapt_split=_adapt_choice(props, "adapt_split"),
+            adapt_scope=_adapt_choice(props, "adapt_scope"),
             adapt_splits=_number(props, "adapt_splits", 0, int, minimum=1),
             retro=retro,
             series_index=_number(props, "series_index", SERIES_INDEX[method], int, minimum=0),
@@ -198,15 +201,17 @@ def _threads(props: dict[str, str]) -> int:
     return threads
 
 
-def _adapt_split(props: dict[str, str]) -> str | None:
-    """The ``adapt_split`` property (None when absent or empty); torch is imported only when it is given."""
-    text = props.get("adapt_split", "").strip()
+def _adapt_choice(props: dict[str, str], name: str) -> str | None:
+    """The ``adapt_split`` or ``adapt_scope`` property (None when absent or empty); torch is imported only when it
+    is given."""
+    text = props.get(name, "").strip()
     if not text:
         return None
-    from .adaptation import SPLITS
+    from .adaptation import SCOPES, SPLITS
 
-    if text not in SPLITS:
-        raise ProtocolError(f"property adapt_split={text!r} must be one of {', '.join(SPLITS)}")
+    choices = SPLITS if name == "adapt_split" else SCOPES
+    if text not in choices:
+        raise ProtocolError(f"property {name}={text!r} must be one of {', '.join(choices)}")
     return text
 
 

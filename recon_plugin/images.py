@@ -29,6 +29,7 @@ _META_KEYS = {
     "iterations": "Iterations",
     "adapt_steps": "AdaptSteps",  # RGANCS weights fine-tuned on the scan itself this many steps (not the bundle's)
     "adapt_split": "AdaptSplit",  # how that fine-tuning drew its loss sets ("auto" resolved by the coil count)
+    "adapt_scope": "AdaptScope",  # slice: a copy per slice; exam: one copy for the exam's same-shape slices
 }
 
 

@@ -33,9 +33,9 @@ log = logging.getLogger(__name__)
 __all__ = ["METHODS", "PROPERTIES", "GadgetSettings", "RetroSettings", "default_weights"]
 _REGULARISERS = {"cs_wavelet": "wavelet", "cs_tv": "tv"}
 
-#: (weights, device, batch_size, fast_path, phase_average, adapt_steps, adapt_lr, adapt_split, adapt_splits) of a
-#: resident model.
-_Key = tuple[str, str, int, str, int, int, float, str | None, int]
+#: (weights, device, batch_size, fast_path, phase_average, adapt_steps, adapt_lr, adapt_split, adapt_splits,
+#: adapt_scope) of a resident model.
+_Key = tuple[str, str, int, str, int, int, float, str | None, int, str | None]
 _RESIDENT: dict[_Key, Reconstructor] = {}
 #: Routed pairs of resident models, kept like them (one wrapper per pair).
 _ROUTED: dict[tuple[_Key, _Key], CoilRoutedRGANCS] = {}
@@ -119,6 +119,7 @@ def _resident_key(settings: GadgetSettings, weights: Path) -> _Key:
         settings.adapt_lr,
         settings.adapt_split,
         settings.adapt_splits,
+        settings.adapt_scope,
     )
 
 
@@ -138,7 +139,7 @@ def _resident_rgancs(settings: GadgetSettings, weights: Path) -> RGANCS:
 
 def _adapt_settings(settings: GadgetSettings) -> AdaptSettings:
     """The adaptation the ``adapt_*`` properties ask for (AdaptSettings' defaults for the rest)."""
-    given = {"split": settings.adapt_split, "splits": settings.adapt_splits or None}
+    given = {"split": settings.adapt_split, "splits": settings.adapt_splits or None, "scope": settings.adapt_scope}
     return AdaptSettings(
         steps=settings.adapt_steps, lr=settings.adapt_lr, **{k: v for k, v in given.items() if v is not None}
     )
@@ -149,13 +150,19 @@ def default_rgancs(
 ) -> Reconstructor:
     """RGANCS as a gadget without properties runs it: ``weights`` (default :func:`default_weights`) for every
     slice, or, without ``weights``, the default bundle for multi-coil and the single-coil default for single-coil
-    slices; ``adapt`` as the ``adapt_steps`` / ``adapt_lr`` / ``adapt_split`` / ``adapt_splits`` properties would
-    set it (any other field away from its default is an InvalidInputError: no property carries it)."""
+    slices; ``adapt`` as the ``adapt_steps`` / ``adapt_lr`` / ``adapt_split`` / ``adapt_splits`` / ``adapt_scope``
+    properties would set it (any other field away from its default is an InvalidInputError: no property carries it)."""
     props = {"device": device}
     if weights is not None:
         props["weights"] = str(weights)
     if adapt is not None and adapt.enabled:
-        carried = {"steps": adapt.steps, "lr": adapt.lr, "split": adapt.split, "splits": adapt.splits}
+        carried = {
+            "steps": adapt.steps,
+            "lr": adapt.lr,
+            "split": adapt.split,
+            "splits": adapt.splits,
+            "scope": adapt.scope,
+        }
         props |= {f"adapt_{k}": repr(v) if k == "lr" else str(v) for k, v in carried.items()}
         if adapt != replace(AdaptSettings(), **carried):
             raise InvalidInputError(f"{adapt} sets adaptation fields no gadget property carries; use RGANCS(adapt=...)")
@@ -251,6 +258,8 @@ def stream_exam(
     timer = timer if timer is not None else StageTimer()
     stage = RECON_STAGE.get(settings.method, settings.method)
     size = max(1, int(batch_size or stream_batch_size(reconstructor)))
+    with timer.stage(stage):  # e.g. one network adapted to the whole exam (adapt_scope "exam")
+        reconstructor = reconstructor.for_exam([a.problem for a in assembled])
     for start in range(0, len(assembled), size):
         chunk = assembled[start : start + size]
         with timer.stage(stage):

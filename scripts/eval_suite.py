@@ -3,7 +3,7 @@
 Usage::
 
     python scripts/eval_suite.py --data ../shared/data --out docs/eval [--sets a,b] [--groups baselines,default]
-        [--bundle NAME=PATH ...] [--adapt NAME=STEPS[@LR][/SPLIT[/SPLITS]] ...]
+        [--bundle NAME=PATH ...] [--adapt NAME=STEPS[@LR][/SPLIT[/SPLITS]] ...] [--exam NAME=N ...]
         [--threads 2] [--device cpu]
 
 Sets (all with the same masks and ESPIRiT maps for every method; mask seeds from ``recon-train eval``'s default):
@@ -23,7 +23,8 @@ Method groups: ``baselines`` (zero-filled, CS-WV, CS-TV; CS-WV alone in the coil
 NAME=STEPS[@LR][/SPLIT[/SPLITS]]`` runs group NAME's RGANCS with ``--adapt-steps STEPS``, ``--adapt-lr LR``,
 ``--adapt-split SPLIT`` and ``--adapt-splits SPLITS`` (scan-specific adaptation of each slice, e.g. ``40/points/2``
 for the settings before the fifth session of 2026-12-05; a NAME without a ``--bundle`` is the default's
-weights). A JSON that exists is kept (delete it to rerun).
+weights); ``--exam NAME=N`` makes that adaptation one copy per exam of N consecutive slices (``--adapt-scope exam
+--exam-size N``; 10 for the SIAT sets is one copy per scan). A JSON that exists is kept (delete it to rerun).
 """
 
 from __future__ import annotations
@@ -138,11 +139,20 @@ def main() -> None:
     parser.add_argument(
         "--adapt", action="append", default=[], help="NAME=STEPS[@LR][/SPLIT[/SPLITS]]: adapt group NAME to each slice"
     )
+    parser.add_argument(
+        "--exam",
+        action="append",
+        default=[],
+        help="NAME=N: adapt group NAME with one copy per exam of N consecutive slices (--adapt-scope exam)",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", help="recon-train eval's --device (cpu | cuda | auto)")
     args = parser.parse_args()
     bundles = dict(b.split("=", 1) for b in args.bundle)
     adapt = dict(a.split("=", 1) for a in args.adapt)  # NAME -> STEPS[@LR][/SPLIT[/SPLITS]]
+    exams = dict(e.split("=", 1) for e in args.exam)  # NAME -> slices per exam
+    if set(exams) - set(adapt):
+        raise SystemExit(f"--exam names groups without --adapt: {', '.join(sorted(set(exams) - set(adapt)))}")
     named = [g for g in args.groups.split(",") if g]
     groups = named + [g for g in [*bundles, *adapt] if g not in named]
     groups = list(dict.fromkeys(groups))
@@ -163,6 +173,8 @@ def main() -> None:
                 extra = ["--methods", "rgancs"]
             if group in adapt:
                 extra += adapt_options(adapt[group])
+            if group in exams:
+                extra += ["--adapt-scope", "exam", "--exam-size", exams[group]]
             cmd = ["recon-train", "eval", *base, *extra, "--device", args.device, "--json", str(out)]
             print(" ".join(cmd), flush=True)
             done = subprocess.run(cmd, env=env)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import ellipse_slices
+from raw_helpers import tiny_3d
 from review_helpers import geometry as geometry_of
 
 from recon_plugin.adaptation import (
@@ -63,6 +64,7 @@ def params(model: torch.nn.Module) -> list[torch.Tensor]:
         {"cg_iterations": 0},
         {"schedule": "linear"},
         {"split": "rows"},
+        {"scope": "series"},
     ],
 )
 def test_impossible_settings_are_named_errors(bad):
@@ -208,7 +210,7 @@ def test_rgancs_adapts_per_call_and_says_so_in_the_image_meta():
         assert torch.equal(a, b)
     both = RGANCS(bundle, device="cpu", fast_path="fp32", phase_average=2, adapt=AdaptSettings(steps=4))
     assert both.reconstruct(problem).meta["phase_average"] == 2
-    assert both._adapted(problem)[0].net.config.phase_average == 2  # the override reaches the adapted copy
+    assert both._adapted([problem])[0].net.config.phase_average == 2  # the override reaches the adapted copy
     geometry = geometry_of(0, 1)
     meta = image_meta(make_image(adapted, geometry, series_index=1, image_index=1))
     assert meta["AdaptSteps"] == "4" and meta["AdaptSplit"] == "mixed"  # "auto" with 4 coils
@@ -260,3 +262,99 @@ def test_an_fft_first_run_under_inference_mode_can_still_be_differentiated():
     x = torch.ones(2, 38, 46, dtype=torch.complex64, requires_grad=True)
     fftc(x).abs().sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad.abs()).all()
+
+
+def test_exam_scope_adapts_one_copy_per_exam_and_shares_its_time(monkeypatch):
+    from recon_plugin.reconstructors import rgancs as rgancs_module
+
+    calls: list[int] = []
+
+    def counting(model, y, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(int(y.shape[0]))
+        return adapt_model(model, y, *args, **kwargs)
+
+    monkeypatch.setattr(rgancs_module, "adapt_model", counting)
+    mask = make_mask("poisson", SHAPE, 3.0, seed=3, calib=10).mask
+    problems = [phantom_problem(mask, seed=s)[0] for s in (1, 2)]
+    bundle = load_bundle(DEFAULT_BUNDLE)
+    settings = AdaptSettings(steps=3, scope="exam")
+    rec = RGANCS(bundle, device="cpu", fast_path="fp32", adapt=settings)
+    joint = rec.reconstruct_batch(problems)  # a direct call is one exam: one copy for both slices
+    assert calls == [2] and rec._exam is None  # the (resident) reconstructor itself keeps no exam state
+    for result in joint:
+        assert result.meta["adapt_scope"] == "exam" and result.meta["adapt"]["slices"] == 2
+        assert result.meta["seconds"] > result.meta["adapt"]["seconds"] / 2 > 0
+    exam = rec.for_exam(problems)
+    assert exam is not rec and calls == [2, 2]
+    apart = [exam.reconstruct_batch([p])[0] for p in problems]  # batch by batch, as the gadget streams
+    assert calls == [2, 2]  # no further adaptation: the exam's copy serves every batch
+    for a, b in zip(joint, apart, strict=True):
+        np.testing.assert_allclose(a.image, b.image, rtol=0, atol=1e-5 * np.abs(a.image).max())
+    per_slice = RGANCS(bundle, device="cpu", fast_path="fp32", adapt=AdaptSettings(steps=3))
+    assert per_slice.for_exam(problems) is per_slice
+    per_slice.reconstruct_batch(problems)
+    assert calls == [2, 2, 1, 1]
+    wide = with_smooth_phase(np.pad(ellipse_slices(1, size=40, seed=5)[0], ((0, 0), (4, 4))), np.random.default_rng(5))
+    wide_mask = make_mask("poisson", (40, 48), 3.0, seed=4, calib=10).mask
+    other = simulate_problem(wide, wide_mask, simulated_coil_maps((40, 48), 4))
+    exam.reconstruct_batch([other])  # a shape the exam did not have gets its own copy, kept for the exam
+    exam.reconstruct_batch([other])
+    assert calls == [2, 2, 1, 1, 1]
+
+
+def test_the_gadget_adapts_once_per_exam_with_the_scope_property(monkeypatch):
+    from recon_plugin import sample_raw
+    from recon_plugin.pipeline import assemble, build_reconstructor, stream_exam
+    from recon_plugin.reconstructors import rgancs as rgancs_module
+
+    calls: list[int] = []
+
+    def counting(model, y, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(int(y.shape[0]))
+        return adapt_model(model, y, *args, **kwargs)
+
+    monkeypatch.setattr(rgancs_module, "adapt_model", counting)
+    props = {"retro_acceleration": "4", "calib": "8", "adapt_steps": "2", "adapt_scope": "exam", "device": "cpu"}
+    settings = GadgetSettings.from_properties("rgancs", props)
+    assert settings.adapt_scope == "exam"
+    scan = sample_raw.build_raw(tiny_3d())  # 8 planes
+    problems = assemble(scan.header, scan.acquisitions, settings)
+    reconstructor = build_reconstructor(settings)
+    batches = list(stream_exam(problems, reconstructor, settings, batch_size=3))
+    assert calls == [len(problems)] and sum(len(b) for b in batches) == len(problems)
+    metas = [image_meta(image) for batch in batches for image in batch]
+    assert {m["AdaptScope"] for m in metas} == {"exam"} and {m["AdaptSteps"] for m in metas} == {"2"}
+    list(stream_exam(problems, reconstructor, settings, batch_size=3))  # the next exam adapts afresh
+    assert calls == [len(problems)] * 2
+    with pytest.raises(ProtocolError, match="adapt_scope='series' must be one of slice, exam"):
+        GadgetSettings.from_properties("rgancs", {"adapt_scope": "series"})
+    assert GadgetSettings.from_properties("rgancs", {}).adapt_scope is None and AdaptSettings().scope == "slice"
+
+
+def test_the_scope_reaches_both_routed_models_and_the_evaluation_groups_exams():
+    from recon_plugin.evaluation import compare, image_case
+    from recon_plugin.pipeline import default_rgancs
+    from recon_plugin.reconstructors import ZeroFilled
+
+    routed = default_rgancs("cpu", adapt=AdaptSettings(steps=2, scope="exam"))
+    assert routed.multi.adapt.scope == routed.single.adapt.scope == "exam"
+    mask = make_mask("poisson", SHAPE, 3.0, seed=3, calib=10).mask
+    problem, _ = phantom_problem(mask, seed=1)
+    exam = routed.for_exam([problem])
+    assert exam is not routed and exam.single is routed.single and set(exam.multi._exam) != set()
+    assert default_rgancs("cpu", adapt=AdaptSettings(steps=2)).for_exam([problem]) is not None
+
+    seen: list[int] = []
+
+    class Recording(ZeroFilled):
+        def for_exam(self, problems):  # type: ignore[no-untyped-def]
+            seen.append(len(problems))
+            return self
+
+    image = ellipse_slices(1, size=SHAPE[0], seed=0)[0].astype(np.complex64)
+    cases = [image_case(f"s{i}", image, mask) for i in range(5)]
+    assert len(compare(cases, [Recording()], exam_size=2)) == 5 and seen == [2, 2, 1]
+    compare(cases, [Recording()])
+    assert seen == [2, 2, 1, 5]
+    with pytest.raises(InvalidInputError, match="exam_size"):
+        compare(cases, [Recording()], exam_size=0)

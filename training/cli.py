@@ -121,6 +121,13 @@ def evaluate(
     adapt_splits: Annotated[
         int | None, typer.Option(min=1, help="RGANCS: random splits per adaptation step [default: 1]")
     ] = None,
+    adapt_scope: Annotated[
+        str,
+        typer.Option(help="RGANCS: slice (a copy adapted to each slice) or exam (one to each exam's slices)"),
+    ] = "slice",
+    exam_size: Annotated[
+        int | None, typer.Option(min=1, help="slices per exam, consecutive (default: all the slices are one exam)")
+    ] = None,
 ) -> None:
     """SNR, SSIM and seconds per slice of zero-filled, CS-WV, CS-TV and a bundle on the same masks and coil maps."""
     import json
@@ -150,8 +157,10 @@ def evaluate(
         adapt=AdaptSettings(
             steps=adapt_steps,
             lr=adapt_lr,
+            scope=adapt_scope,
             **{k: v for k, v in {"split": adapt_split, "splits": adapt_splits}.items() if v is not None},
         ),
+        exam_size=exam_size,
     )
     s = report.settings
     title = (
@@ -164,6 +173,8 @@ def evaluate(
     if "adapt" in s:
         title += f", adapted {s['adapt']['steps']} steps at lr {s['adapt']['lr']:g}"
         title += f", {s['adapt'].get('split', 'points')} split, {s['adapt'].get('splits', 2)} a step"
+        if "scope" in s["adapt"]:
+            title += f", one copy per {s['adapt']['exam_size']}-slice exam"
     console.print(title)
     table = Table()
     for col in ("method", "slice", "SNR dB", "SSIM", "s/slice"):

@@ -435,9 +435,10 @@ def run_eval(
     workers: int = 1,
     mask_file: str | Path | None = None,
     adapt: AdaptSettings | None = None,
+    exam_size: int | None = None,
 ) -> EvalReport:
     """Open the data, make the masks (or take ``mask_file``'s for every slice), build the methods, estimate the
-    maps once per slice, compare."""
+    maps once per slice, compare (the slices as exams of ``exam_size`` consecutive ones; None: one exam)."""
     method_names = parse_methods(methods)
     calib = resolve_calib(family, calib)
     source = open_data(data, names)
@@ -461,7 +462,7 @@ def run_eval(
     reconstructors = build_methods(method_names, bundle, iterations, device, workers, adapt)
     log.info("%d %s slices from %s; estimating coil maps", len(selected), source.kind, source.path)
     cases = build_cases(source.kind, selected, masks, n_coils)
-    rows = compare(cases, reconstructors)
+    rows = compare(cases, reconstructors, exam_size)
     rgancs = next((r for r in reconstructors if r.name == "rgancs"), None)
     # the bundle(s) behind it: one, or (the gadgets' default) one per coil count
     multi = getattr(rgancs, "multi", rgancs)
@@ -487,4 +488,6 @@ def run_eval(
     }
     if adapt is not None and adapt.enabled:  # only then: earlier JSON stays comparable key for key
         settings["adapt"] = {"steps": adapt.steps, "lr": adapt.lr, "split": adapt.split, "splits": adapt.splits}
+        if adapt.scope != "slice":  # only then, as above
+            settings["adapt"] |= {"scope": adapt.scope, "exam_size": exam_size or len(cases)}
     return EvalReport(rows, method_means(rows), settings)

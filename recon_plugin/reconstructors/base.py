@@ -31,6 +31,11 @@ class Reconstructor(abc.ABC):
         """Reconstruct one slice."""
         return self.reconstruct_batch([problem])[0]
 
+    def for_exam(self, problems: list[Problem]) -> Reconstructor:
+        """The reconstructor for the exam made of ``problems`` (all of them, before any is reconstructed): this one,
+        unless a subclass prepares something once per exam (RGANCS adapted to the exam)."""
+        return self
+
     @abc.abstractmethod
     def reconstruct_batch(self, problems: list[Problem]) -> list[Result]:
         """Reconstruct several slices; results in the same order."""

@@ -38,6 +38,12 @@ class CoilRoutedRGANCS(Reconstructor):
         """The reconstructor that gets ``problem``."""
         return self.single if problem.coils == 1 else self.multi
 
+    def for_exam(self, problems: list[Problem]) -> CoilRoutedRGANCS:
+        """Each model prepared for the exam's slices it gets (:meth:`RGANCS.for_exam`); itself when neither changes."""
+        multi = self.multi.for_exam([p for p in problems if p.coils > 1])
+        single = self.single.for_exam([p for p in problems if p.coils == 1])
+        return self if multi is self.multi and single is self.single else CoilRoutedRGANCS(multi, single)
+
     def reconstruct_batch(self, problems: list[Problem]) -> list[Result]:
         results: list[Result | None] = [None] * len(problems)
         for target in (self.single, self.multi):

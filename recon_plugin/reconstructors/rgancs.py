@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import time
@@ -41,7 +42,9 @@ class RGANCS(Reconstructor):
     ``phase_average`` None (or 0) = the bundle's; N > 1 averages N global-phase rotations of each slice
     (:class:`~recon_plugin.model.recurrent.RecurrentProximalNet`), at N times the network's cost.
     ``adapt`` (steps > 0) fine-tunes a copy of the network on each slice's own measured k-space before
-    reconstructing that slice (:mod:`recon_plugin.adaptation`); the bundle's weights stay as they are.
+    reconstructing that slice (:mod:`recon_plugin.adaptation`); the bundle's weights stay as they are. With
+    ``adapt.scope`` "exam" one copy is adapted to all the slices of an exam that share a matrix and coil count
+    (:meth:`for_exam`; a direct ``reconstruct_batch`` call is one exam) and its time is shared by those slices.
 
     Each slice is divided by a robust scale of its zero-filled image (as in
     training, from the bundle's sidecar), reconstructed, and scaled back.
@@ -79,30 +82,49 @@ class RGANCS(Reconstructor):
         self.percentile = float(norm.get("percentile", 99.0))
         self.batch_size = max(1, int(batch_size)) if batch_size else default_batch_size(self.device)
         self.adapt = adapt or AdaptSettings()
+        self._exam: dict[tuple, tuple[FastModel, dict]] | None = None  # set on an exam's copy (for_exam)
+
+    def for_exam(self, problems: list[Problem]) -> RGANCS:
+        """This reconstructor for the exam made of ``problems``: with ``adapt.scope`` "exam", a copy that holds one
+        network adapted to each group of same-shape slices of the exam (all of that group's slices at once) and
+        reconstructs with it; otherwise itself."""
+        if not (self.adapt.enabled and self.adapt.scope == "exam") or not problems:
+            return self
+        exam = copy.copy(self)
+        exam._exam = {key: self._adapted([problems[i] for i in idx]) for key, idx in group_by_shape(problems).items()}
+        return exam
 
     @torch.inference_mode()
     def reconstruct_batch(self, problems: list[Problem]) -> list[Result]:
+        if self.adapt.enabled and self.adapt.scope == "exam" and self._exam is None:
+            return self.for_exam(problems).reconstruct_batch(problems)  # a call outside an exam is one exam
         results: list[Result | None] = [None] * len(problems)
-        for indices in group_by_shape(problems).values():
-            if self.adapt.enabled:  # one adapted copy per slice, from that slice's own samples
+        for key, indices in group_by_shape(problems).items():
+            fast, adapted = self.fast, None
+            if self._exam is not None:  # the exam's copy for this shape (adapted now if the exam lacked the shape)
+                if key not in self._exam:
+                    self._exam[key] = self._adapted([problems[i] for i in indices])
+                fast, adapted = self._exam[key]
+            elif self.adapt.enabled:  # one adapted copy per slice, from that slice's own samples
                 for i in indices:
-                    fast, adapted = self._adapted(problems[i])
-                    results[i] = self._run([problems[i]], fast, adapted)[0]
+                    one, summary = self._adapted([problems[i]])
+                    results[i] = self._run([problems[i]], one, summary)[0]
                 continue
             for start in range(0, len(indices), self.batch_size):
                 chunk = indices[start : start + self.batch_size]
-                for i, result in zip(chunk, self._run([problems[i] for i in chunk], self.fast, None), strict=True):
+                for i, result in zip(chunk, self._run([problems[i] for i in chunk], fast, adapted), strict=True):
                     results[i] = result
         return results  # type: ignore[return-value]
 
-    def _adapted(self, problem: Problem) -> tuple[FastModel, dict]:
-        """A fast model adapted to one slice's measured k-space (:func:`~recon_plugin.adaptation.adapt_model`)."""
-        op, y = batch_operator([problem], self.device)
+    def _adapted(self, problems: list[Problem]) -> tuple[FastModel, dict]:
+        """A fast model adapted to the measured k-space of same-shape ``problems`` (one slice, or an exam's group)
+        (:func:`~recon_plugin.adaptation.adapt_model`), and its report's summary."""
+        op, y = batch_operator(problems, self.device)
         scale = robust_scale(op.adjoint(y), self.percentile)
         y_norm = y / scale[:, None, None, None]
         net, report = adapt_model(self.bundle.model, y_norm, op, self.adapt, bf16=self.fast_path.bf16)
         net.config = dataclasses.replace(net.config, phase_average=self.phase_average)  # this reconstructor's
-        log.info("adapted %s to one slice: %s", self.bundle.name, report.summary())
+        log.info("adapted %s to %d slice(s): %s", self.bundle.name, len(problems), report.summary())
         return FastModel(net, self.fast_path, self.device), report.summary()
 
     def _run(self, group: list[Problem], fast: FastModel, adapted: dict | None) -> list[Result]:
@@ -117,8 +139,8 @@ class RGANCS(Reconstructor):
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         seconds = (time.perf_counter() - start) / len(group)
-        if adapted:  # the slice's own adaptation is part of its time
-            seconds += adapted["seconds"]
+        if adapted:  # the adaptation is part of the time: the slice's own, or its share of the exam's
+            seconds += adapted["seconds"] / adapted["slices"]
         out = []
         for j, problem in enumerate(group):
             meta = {
@@ -135,5 +157,6 @@ class RGANCS(Reconstructor):
             }
             if adapted:
                 meta["adapt"], meta["adapt_steps"], meta["adapt_split"] = adapted, adapted["steps"], adapted["split"]
+                meta["adapt_scope"] = self.adapt.scope
             out.append(Result(image=images[j], meta=meta))
         return out
