@@ -103,7 +103,7 @@ class GadgetSettings:
     fast_path: str = "auto"
     phase_average: int = 0  # 0: the bundle's (RecurrentProximalNet's phase_average)
     adapt_steps: int = 0  # scan-specific self-supervised steps before reconstructing (recon_plugin.adaptation)
-    adapt_lr: float = 4e-4  # Adam's learning rate while adapting (AdaptSettings.lr; this module imports no torch)
+    adapt_lr: float = 8e-4  # Adam's learning rate while adapting (AdaptSettings.lr; this module imports no torch)
     adapt_split: str | None = None  # how loss sets are drawn while adapting; None: AdaptSettings' default
     adapt_splits: int = 0  # random splits per adaptation step; 0: AdaptSettings' default
     adapt_scope: str | None = None  # slice (a copy per slice) or exam (one per exam); None: AdaptSettings' default
@@ -140,7 +140,7 @@ class GadgetSettings:
             batch_size=_number(props, "batch_size", 0, int, minimum=0),
             phase_average=_number(props, "phase_average", 0, int, minimum=0),
             adapt_steps=_number(props, "adapt_steps", 0, int, minimum=0),
-            adapt_lr=_number(props, "adapt_lr", 4e-4, float, minimum=0.0, strict=True),
+            adapt_lr=_number(props, "adapt_lr", 8e-4, float, minimum=0.0, strict=True),
             adapt_split=_adapt_choice(props, "adapt_split"),
             adapt_scope=_adapt_choice(props, "adapt_scope"),
             adapt_splits=_number(props, "adapt_splits", 0, int, minimum=1),

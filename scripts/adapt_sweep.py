@@ -4,7 +4,7 @@ steps go (``recon_plugin.adaptation``; the reference is used only to score, neve
 Usage::
 
     python scripts/adapt_sweep.py sample_data/weights/rgancs_cg_10x1x32i_mc_phase9 --steps 40 --every 8 \\
-        [--lr 4e-4] [--holdout 0.4] [--splits 1] [--cg N] [--schedule constant|cosine] [--random-phase] \\
+        [--lr 8e-4] [--holdout 0.4] [--splits 1] [--cg N] [--schedule constant|cosine] [--random-phase] \\
         [--split points|lines|mixed|auto] [--phase-average N] \\
         [--family radial|uniform|both] [--names a,b] \\
         [--fast-path auto] [--data ../shared/data/multicoil_kspace] [--device cpu|cuda|auto]

@@ -5,10 +5,11 @@ Usage::
     python scripts/render_eval.py [--eval docs/eval] [--columns default=LABEL,previous=LABEL ...] [FILE.md ...]
 
 Every ``<!-- eval:TABLE[:METRIC] [group=Label,...] -->`` ... ``<!-- /eval -->`` block of the given files is replaced
-by table TABLE (METRIC ``quality``, the default, or ``sharpness``; the block's own columns or ``--columns``), so no
-figure in the documents is copied by hand. Tables: ``main`` (the Done-means sets), ``loraks`` (the R=7 masks),
-``adapt`` (the multi-coil sets, for scan-specific adaptation), ``coils`` (per simulated coil count), ``sizes`` (per
-matrix size). Columns: zero-filled, CS-WV, CS-TV, then one per method group (JSON files
+by table TABLE (METRIC ``quality``, the default, ``sharpness`` or ``seconds`` per slice; the block's own columns or
+``--columns``), so no figure in the documents is copied by hand. Tables: ``main`` (the Done-means sets), ``loraks``
+(the R=7 masks), ``adapt`` (the multi-coil sets, for scan-specific adaptation), ``exam`` (the SIAT sets, whose
+slices come in scans of 10: adaptation per slice against per exam), ``coils`` (per simulated coil count), ``sizes``
+(per matrix size). Columns: zero-filled, CS-WV, CS-TV, then one per method group (JSON files
 ``SET.GROUP.json``) in ``--columns`` order, and the first group's margin over CS-WV. Without arguments the tables
 are printed.
 """
@@ -44,6 +45,8 @@ TABLES = {
 }
 # the multi-coil Done-means sets, for scan-specific adaptation against the plain default
 TABLES["adapt"] = TABLES["main"][:4] + TABLES["loraks"] + [TABLES["main"][4]]
+# the sets made of whole scans (two of 10 slices each), for one adapted copy per exam against one per slice
+TABLES["exam"] = TABLES["main"][4:6]
 BASELINES = (("zero_filled", "zero-filled"), ("cs_wavelet", "CS-WV"), ("cs_tv", "CS-TV"))
 
 
@@ -54,14 +57,17 @@ def _means(path: Path) -> dict[str, dict[str, float]]:
 
 
 def _cell(mean: dict[str, float] | None, metric: str = "quality") -> str:
-    if mean is None or (metric == "sharpness" and "sharpness" not in mean):
+    if mean is None or (metric in ("sharpness", "seconds") and metric not in mean):
         return "n/a"
+    if metric == "seconds":
+        return f"{mean['seconds']:.1f} s"
     return f"{mean['sharpness']:.3f}" if metric == "sharpness" else f"{mean['snr_db']:.2f} / {mean['ssim']:.3f}"
 
 
 def render(table: str, folder: Path, columns: list[tuple[str, str]], metric: str = "quality") -> str:
-    """Table ``table`` as Markdown: SNR dB / SSIM and the first column group's SNR minus CS-WV's (``quality``), or
-    the relative sharpness (``sharpness``: edge energy over the reference's, 1 = as sharp)."""
+    """Table ``table`` as Markdown: SNR dB / SSIM and the first column group's SNR minus CS-WV's (``quality``), the
+    relative sharpness (``sharpness``: edge energy over the reference's, 1 = as sharp) or the mean seconds per slice
+    (``seconds``, as ``recon-train eval`` measured them)."""
     head = ["data", *(label for _, label in BASELINES), *(label for _, label in columns)]
     if columns and metric == "quality":
         head.append(f"{columns[0][1]} vs CS-WV")

@@ -110,7 +110,7 @@ def evaluate(
     adapt_steps: Annotated[
         int, typer.Option(min=0, help="RGANCS: self-supervised steps on each slice's own k-space first (0: off)")
     ] = 0,
-    adapt_lr: Annotated[float, typer.Option(help="RGANCS: Adam's lr while adapting")] = 4e-4,
+    adapt_lr: Annotated[float, typer.Option(help="RGANCS: Adam's lr while adapting")] = 8e-4,
     adapt_split: Annotated[
         str | None,
         typer.Option(
