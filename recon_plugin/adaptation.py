@@ -61,7 +61,9 @@ class AdaptSettings:
     "mixed" draws the splits by points and by lines in turn (points first, counted across steps). "auto" (the
     default) is "points" for slices with more than ``AUTO_POINTS_ABOVE_COILS`` coils and "mixed" for that many or
     fewer. ``scope``: "slice" adapts one copy to each slice; "exam" one copy to all the slices of an exam that share
-    a matrix and coil count (each step draws ``splits`` of them at random), so ``steps`` are spent once per exam."""
+    a matrix and coil count (each step draws ``splits`` of them at random), so ``steps`` are spent once per exam.
+    Slices with fewer than ``min_coils`` coils are not adapted (the reconstructor runs its own network on them): on
+    single-coil slices adapting lost 0.38-1.18 dB on every slice measured (docs/model_study.md)."""
 
     steps: int = 0
     lr: float = 8e-4  # above 4e-4 on five of the seven real evaluation sets at 160 steps (docs/model_study.md)
@@ -75,6 +77,7 @@ class AdaptSettings:
     random_phase: bool = False
     split: str = "auto"
     scope: str = "slice"
+    min_coils: int = 2
 
     def __post_init__(self) -> None:
         checks = (
@@ -88,6 +91,7 @@ class AdaptSettings:
             ("schedule", self.schedule in SCHEDULES, f"one of {', '.join(SCHEDULES)}"),
             ("split", self.split in SPLITS, f"one of {', '.join(SPLITS)}"),
             ("scope", self.scope in SCOPES, f"one of {', '.join(SCOPES)}"),
+            ("min_coils", self.min_coils >= 1, "an integer >= 1"),
         )
         for name, ok, expected in checks:
             if not ok:

@@ -65,6 +65,7 @@ def params(model: torch.nn.Module) -> list[torch.Tensor]:
         {"schedule": "linear"},
         {"split": "rows"},
         {"scope": "series"},
+        {"min_coils": 0},
     ],
 )
 def test_impossible_settings_are_named_errors(bad):
@@ -358,3 +359,29 @@ def test_the_scope_reaches_both_routed_models_and_the_evaluation_groups_exams():
     assert seen == [2, 2, 1, 5]
     with pytest.raises(InvalidInputError, match="exam_size"):
         compare(cases, [Recording()], exam_size=0)
+
+
+def test_single_coil_slices_keep_the_bundles_network(monkeypatch):
+    from recon_plugin.reconstructors import rgancs as rgancs_module
+
+    calls: list[int] = []
+
+    def counting(model, y, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(int(y.shape[0]))
+        return adapt_model(model, y, *args, **kwargs)
+
+    monkeypatch.setattr(rgancs_module, "adapt_model", counting)
+    mask = make_mask("poisson", SHAPE, 3.0, seed=3, calib=10).mask
+    multi, _ = phantom_problem(mask, seed=1)
+    image = with_smooth_phase(ellipse_slices(1, size=SHAPE[0], seed=2)[0], np.random.default_rng(2))
+    single = simulate_problem(image, mask)
+    assert single.coils == 1
+    bundle = load_bundle(DEFAULT_BUNDLE)
+    plain = RGANCS(bundle, device="cpu", fast_path="fp32").reconstruct(single)
+    for scope in ("slice", "exam"):
+        rec = RGANCS(bundle, device="cpu", fast_path="fp32", adapt=AdaptSettings(steps=2, scope=scope))
+        one, several = rec.reconstruct_batch([single, multi])
+        assert "adapt" not in one.meta and several.meta["adapt_steps"] == 2
+        np.testing.assert_array_equal(one.image, plain.image)
+        assert rec.for_exam([single]) is rec
+    assert calls == [1, 1]  # the multi-coil slice, once per scope

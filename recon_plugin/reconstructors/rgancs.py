@@ -42,7 +42,8 @@ class RGANCS(Reconstructor):
     ``phase_average`` None (or 0) = the bundle's; N > 1 averages N global-phase rotations of each slice
     (:class:`~recon_plugin.model.recurrent.RecurrentProximalNet`), at N times the network's cost.
     ``adapt`` (steps > 0) fine-tunes a copy of the network on each slice's own measured k-space before
-    reconstructing that slice (:mod:`recon_plugin.adaptation`); the bundle's weights stay as they are. With
+    reconstructing that slice (:mod:`recon_plugin.adaptation`; slices with fewer than ``adapt.min_coils`` coils,
+    i.e. single-coil ones, are not adapted); the bundle's weights stay as they are. With
     ``adapt.scope`` "exam" one copy is adapted to all the slices of an exam that share a matrix and coil count
     (:meth:`for_exam`; a direct ``reconstruct_batch`` call is one exam) and its time is shared by those slices.
 
@@ -88,24 +89,32 @@ class RGANCS(Reconstructor):
         """This reconstructor for the exam made of ``problems``: with ``adapt.scope`` "exam", a copy that holds one
         network adapted to each group of same-shape slices of the exam (all of that group's slices at once) and
         reconstructs with it; otherwise itself."""
-        if not (self.adapt.enabled and self.adapt.scope == "exam") or not problems:
+        groups = {key: idx for key, idx in group_by_shape(problems).items() if self._adapts(key)}
+        if self.adapt.scope != "exam" or not groups:
             return self
         exam = copy.copy(self)
-        exam._exam = {key: self._adapted([problems[i] for i in idx]) for key, idx in group_by_shape(problems).items()}
+        exam._exam = {key: self._adapted([problems[i] for i in idx]) for key, idx in groups.items()}
         return exam
+
+    def _adapts(self, key: tuple) -> bool:
+        """Whether slices of the shape group ``key`` (coils first) get an adapted network: adaptation is on and they
+        have at least ``adapt.min_coils`` coils."""
+        return self.adapt.enabled and key[0] >= self.adapt.min_coils
 
     @torch.inference_mode()
     def reconstruct_batch(self, problems: list[Problem]) -> list[Result]:
-        if self.adapt.enabled and self.adapt.scope == "exam" and self._exam is None:
-            return self.for_exam(problems).reconstruct_batch(problems)  # a call outside an exam is one exam
+        if self.adapt.scope == "exam" and self._exam is None and (exam := self.for_exam(problems)) is not self:
+            return exam.reconstruct_batch(problems)  # a call outside an exam is one exam
         results: list[Result | None] = [None] * len(problems)
         for key, indices in group_by_shape(problems).items():
             fast, adapted = self.fast, None
-            if self._exam is not None:  # the exam's copy for this shape (adapted now if the exam lacked the shape)
+            if not self._adapts(key):
+                pass  # the bundle's network: adaptation off, or too few coils
+            elif self._exam is not None:  # the exam's copy for this shape (adapted now if the exam lacked the shape)
                 if key not in self._exam:
                     self._exam[key] = self._adapted([problems[i] for i in indices])
                 fast, adapted = self._exam[key]
-            elif self.adapt.enabled:  # one adapted copy per slice, from that slice's own samples
+            else:  # one adapted copy per slice, from that slice's own samples
                 for i in indices:
                     one, summary = self._adapted([problems[i]])
                     results[i] = self._run([problems[i]], one, summary)[0]
