@@ -265,7 +265,9 @@ def test_an_fft_first_run_under_inference_mode_can_still_be_differentiated():
     assert x.grad is not None and torch.isfinite(x.grad.abs()).all()
 
 
-def test_exam_scope_adapts_one_copy_per_exam_and_shares_its_time(monkeypatch):
+@pytest.fixture
+def adapt_calls(monkeypatch) -> list[int]:
+    """RGANCS's adaptations, recorded: the number of slices each one adapted to (the adaptation itself runs)."""
     from recon_plugin.reconstructors import rgancs as rgancs_module
 
     calls: list[int] = []
@@ -275,6 +277,11 @@ def test_exam_scope_adapts_one_copy_per_exam_and_shares_its_time(monkeypatch):
         return adapt_model(model, y, *args, **kwargs)
 
     monkeypatch.setattr(rgancs_module, "adapt_model", counting)
+    return calls
+
+
+def test_exam_scope_adapts_one_copy_per_exam_and_shares_its_time(adapt_calls):
+    calls = adapt_calls
     mask = make_mask("poisson", SHAPE, 3.0, seed=3, calib=10).mask
     problems = [phantom_problem(mask, seed=s)[0] for s in (1, 2)]
     bundle = load_bundle(DEFAULT_BUNDLE)
@@ -303,18 +310,11 @@ def test_exam_scope_adapts_one_copy_per_exam_and_shares_its_time(monkeypatch):
     assert calls == [2, 2, 1, 1, 1]
 
 
-def test_the_gadget_adapts_once_per_exam_with_the_scope_property(monkeypatch):
+def test_the_gadget_adapts_once_per_exam_with_the_scope_property(adapt_calls):
     from recon_plugin import sample_raw
     from recon_plugin.pipeline import assemble, build_reconstructor, stream_exam
-    from recon_plugin.reconstructors import rgancs as rgancs_module
 
-    calls: list[int] = []
-
-    def counting(model, y, *args, **kwargs):  # type: ignore[no-untyped-def]
-        calls.append(int(y.shape[0]))
-        return adapt_model(model, y, *args, **kwargs)
-
-    monkeypatch.setattr(rgancs_module, "adapt_model", counting)
+    calls = adapt_calls
     props = {"retro_acceleration": "4", "calib": "8", "adapt_steps": "2", "adapt_scope": "exam", "device": "cpu"}
     settings = GadgetSettings.from_properties("rgancs", props)
     assert settings.adapt_scope == "exam"
@@ -361,16 +361,8 @@ def test_the_scope_reaches_both_routed_models_and_the_evaluation_groups_exams():
         compare(cases, [Recording()], exam_size=0)
 
 
-def test_single_coil_slices_keep_the_bundles_network(monkeypatch):
-    from recon_plugin.reconstructors import rgancs as rgancs_module
-
-    calls: list[int] = []
-
-    def counting(model, y, *args, **kwargs):  # type: ignore[no-untyped-def]
-        calls.append(int(y.shape[0]))
-        return adapt_model(model, y, *args, **kwargs)
-
-    monkeypatch.setattr(rgancs_module, "adapt_model", counting)
+def test_single_coil_slices_keep_the_bundles_network(adapt_calls):
+    calls = adapt_calls
     mask = make_mask("poisson", SHAPE, 3.0, seed=3, calib=10).mask
     multi, _ = phantom_problem(mask, seed=1)
     image = with_smooth_phase(ellipse_slices(1, size=SHAPE[0], seed=2)[0], np.random.default_rng(2))

@@ -40,8 +40,8 @@ class CoilRoutedRGANCS(Reconstructor):
 
     def for_exam(self, problems: list[Problem]) -> CoilRoutedRGANCS:
         """Each model prepared for the exam's slices it gets (:meth:`RGANCS.for_exam`); itself when neither changes."""
-        multi = self.multi.for_exam([p for p in problems if p.coils > 1])
-        single = self.single.for_exam([p for p in problems if p.coils == 1])
+        multi = self.multi.for_exam([p for p in problems if self.route(p) is self.multi])
+        single = self.single.for_exam([p for p in problems if self.route(p) is self.single])
         return self if multi is self.multi and single is self.single else CoilRoutedRGANCS(multi, single)
 
     def reconstruct_batch(self, problems: list[Problem]) -> list[Result]:
