@@ -51,7 +51,7 @@ def sweep_case(
     phase_average: int = 1,
     averaged_gains: dict[int, list[float]] | None = None,
     device: torch.device | None = None,
-    averages: dict[str, tuple[float, float]] | None = None,
+    averages: dict[str, tuple[float, int]] | None = None,
     average_gains: dict[str, dict[int, list[float]]] | None = None,
 ) -> str:
     """Adapt ``model`` to one case, scoring the copy every ``every`` steps; SNR and SSIM gains go into ``gains``
@@ -106,7 +106,8 @@ def sweep_case(
             for name, avg in kept.items():
                 gain = score(avg.module.eval())[0] - base
                 avg.module.train()
-                average_gains.setdefault(name, {}).setdefault(step, []).append(gain)
+                if average_gains is not None:
+                    average_gains.setdefault(name, {}).setdefault(step, []).append(gain)
                 row.append(f"{name} {gain:+.2f}")
 
     adapt_model(model, y_norm, op, settings, bf16=path.bf16, on_step=on_step)
