@@ -104,8 +104,7 @@ def sweep_case(
             row.append(f"{step}: {snr - base:+.2f}/{structure - base_ssim:+.3f}")
             score_averaged(step, net)
             for name, avg in kept.items():
-                gain = score(avg.module.eval())[0] - base
-                avg.module.train()
+                gain = score(avg.module)[0] - base  # FastModel scores an eval-mode copy
                 if average_gains is not None:
                     average_gains.setdefault(name, {}).setdefault(step, []).append(gain)
                 row.append(f"{name} {gain:+.2f}")
