@@ -59,8 +59,12 @@ PREVIOUS_MULTICOIL_BUNDLE = WEIGHTS_DIR / "rgancs_cg_10x1x32_multicoil"
 DEFAULT_BUNDLES = {"cpu": DEFAULT_BUNDLE, "cuda": DEFAULT_BUNDLE}
 #: Demoted (loses to CS everywhere): a small single-coil model kept as a fast fixture for tests and examples.
 DEMO_BUNDLE = WEIGHTS_DIR / "rgancs_demo_cpu"
-#: Demoted (loses to CS everywhere): the paper's 10x1x128 architecture trained on single-coil SIAT slices.
-FULL_BUNDLE = WEIGHTS_DIR / "rgancs_10x1x128_siat"
+#: The paper's 10x1x128 architecture (shared weights) trained on single-coil SIAT slices: 600 steps of 4 crops, the
+#: single-coil default until 2026-12-06, kept for comparison.
+PREVIOUS_SINGLE_COIL_BUNDLE = WEIGHTS_DIR / "rgancs_10x1x128_siat"
+#: That model trained on for 1200 more steps with half of its images phased (campaigns/siat1_10x1x128): the
+#: single-coil default.
+FULL_BUNDLE = WEIGHTS_DIR / "rgancs_10x1x128_siat2"
 MATRIX = (208, 176)
 #: The bundle single-coil slices get when a gadget has no ``weights`` property (``single_coil_weights``): the
 #: best measured single-coil model, which beats the multi-coil default on single-coil data (its model card).

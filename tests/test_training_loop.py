@@ -16,7 +16,7 @@ from recon_plugin.model.precision import FullPrecisionOperator
 from training.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from training.config import TrainConfig, config_from_dict, load_config
 from training.errors import CheckpointError, TrainingConfigError
-from training.loop import Trainer, gan_weight, resolve_channels_last
+from training.loop import Trainer, gan_weight, lr_factor, resolve_channels_last
 from training.losses import lsgan_discriminator, lsgan_generator
 
 N_SLICES, SIZE = 10, 32
@@ -93,6 +93,8 @@ def test_load_config_from_toml_resolves_relative_paths(tmp_path: Path) -> None:
         ("run", {"bf16": 1}, "[run].bf16"),
         ("run", {"channels_last": "yes"}, "[run].channels_last"),
         ("optim", {"lambda_lr_scale": 0}, "[optim].lambda_lr_scale"),
+        ("optim", {"warmup_steps": -1}, "[optim].warmup_steps"),
+        ("optim", {"warmup_steps": 6}, "[optim].warmup_steps"),
     ],
 )
 def test_bad_config_names_the_key(tmp_path: Path, section: str, values: dict[str, Any], key: str) -> None:
@@ -191,6 +193,27 @@ def test_resume_is_exact_with_discriminator(tmp_path: Path, slices_path: Path) -
     rows = read_rows(tmp_path / "b" / "log.csv")
     train_steps = [int(r["step"]) for r in rows if r["kind"] == "train"]
     assert train_steps == [1, 2, 3, 4, 5, 6]  # no duplicated rows after resume
+
+
+def test_warmup_rises_linearly_then_follows_the_cosine_and_resumes_exactly(tmp_path: Path, slices_path: Path) -> None:
+    """optim.warmup_steps: lr / W, 2 lr / W, ... up to lr, times the cosine of the whole run; the schedule's state
+    survives a resume (the weights after a stop and a resume are those of a straight run)."""
+    over = {"loss": {"lambda_gan": 0.0}, "optim": {"steps": 6, "warmup_steps": 3, "schedule": "cosine"}}
+    seen: list[float] = []
+    straight = Trainer(make_config(slices_path, tmp_path / "a", **over))
+    straight.callbacks.append(lambda t, stats: seen.append(t.opt_g.param_groups[0]["lr"]))
+    assert straight.opt_g.param_groups[0]["lr"] == pytest.approx(1e-3 / 3)  # the first step's lr
+    straight.fit()
+    expected = [1e-3 * min(1.0, (s + 1) / 3) * 0.5 * (1 + np.cos(np.pi * s / 6)) for s in range(1, 7)]
+    assert seen == pytest.approx(expected)
+    assert seen[0] < seen[1] and seen[-1] == pytest.approx(0.0, abs=1e-12)
+    assert lr_factor("none", 6, 3, 10) == 1.0 and lr_factor("none", 6, 0, 0) == 1.0
+
+    half = Trainer(make_config(slices_path, tmp_path / "b", **over))
+    _interrupt_at(half, 2)  # inside the warm-up
+    resumed = Trainer(make_config(slices_path, tmp_path / "b", **over))
+    resumed.fit(resume=tmp_path / "b")
+    _assert_same_weights(straight, resumed)
 
 
 def test_mismatched_resume_is_refused(tmp_path: Path, slices_path: Path) -> None:

@@ -25,13 +25,15 @@ import pytest
 from recon_plugin.coils import bart_available
 from recon_plugin.protocols_cli import install_protocols, packaged_protocols
 from recon_plugin.replay import read_images
-from recon_plugin.sample_data import DEFAULT_BUNDLES, DEMO_BUNDLE, FULL_BUNDLE
+from recon_plugin.sample_data import DEFAULT_BUNDLES, DEMO_BUNDLE, FULL_BUNDLE, PREVIOUS_SINGLE_COIL_BUNDLE
 
 ROOT = Path(__file__).resolve().parents[1]
 RAW_2D = ROOT / "sample_data" / "raw" / "brain2d_multislice.h5"
 #: What a build needs from the tree (sample_data: only the bundles; the raw files and the npz stay out).
 SOURCES = ("pyproject.toml", "README.md", "recon_plugin", "training", "protocols", "sample_data/weights")
-SHIPPED_BUNDLES = sorted({p.name for p in (*DEFAULT_BUNDLES.values(), DEMO_BUNDLE, FULL_BUNDLE)})
+SHIPPED_BUNDLES = sorted(
+    {p.name for p in (*DEFAULT_BUNDLES.values(), DEMO_BUNDLE, FULL_BUNDLE, PREVIOUS_SINGLE_COIL_BUNDLE)}
+)
 BUNDLE_FILES = ("bundle.json", "weights.safetensors", "MODEL_CARD.md")
 
 

@@ -306,6 +306,7 @@ class OptimConfig:
     steps: int = 1000
     clip: float = 1.0
     schedule: str = "none"
+    warmup_steps: int = 0  # lr rises linearly from lr / warmup_steps to lr over the first steps, then the schedule
     lambda_lr_scale: float = 1.0  # the per-copy CG lambdas' lr over ``lr``: Adam moves log lambda by ~lr a step
 
     def check(self) -> None:
@@ -324,6 +325,8 @@ class OptimConfig:
             raise _fail(s, "batch_size", f"must be >= 1, got {self.batch_size}")
         if self.steps < 1:
             raise _fail(s, "steps", f"must be >= 1, got {self.steps}")
+        if not 0 <= self.warmup_steps < self.steps:
+            raise _fail(s, "warmup_steps", f"must be >= 0 and below steps ({self.steps}), got {self.warmup_steps}")
         if self.clip < 0:
             raise _fail(s, "clip", f"must be >= 0 (0 = no clipping), got {self.clip}")
         if self.schedule not in SCHEDULES:

@@ -20,12 +20,14 @@ from __future__ import annotations
 import contextlib
 import csv
 import logging
+import math
 import os
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +100,15 @@ def gan_weight(step: int, target: float, ramp_steps: int) -> float:
     if ramp_steps <= 0:
         return float(target)
     return float(target) * min(1.0, max(0, step) / ramp_steps)
+
+
+def lr_factor(schedule: str, steps: int, warmup: int, step: int) -> float:
+    """The learning rate over ``optim.lr`` after ``step`` steps: a linear warm-up over ``warmup`` steps (from
+    1 / warmup), then constant or a cosine to 0 at ``steps`` (the cosine counted from step 0, as without warm-up)."""
+    rise = min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+    if schedule == "cosine":
+        return rise * 0.5 * (1.0 + math.cos(math.pi * min(step, steps) / steps))
+    return rise
 
 
 def resolve_bf16(setting: bool | str, device: torch.device) -> bool:
@@ -284,8 +295,11 @@ class Trainer:
         )
 
     def _scheduler(self, opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler | None:
-        if self.config.optim.schedule == "cosine":
-            return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.config.optim.steps)
+        o = self.config.optim
+        if o.warmup_steps > 0:  # a fresh Adam state on trained weights moves every weight by ~lr at once
+            return torch.optim.lr_scheduler.LambdaLR(opt, partial(lr_factor, o.schedule, o.steps, o.warmup_steps))
+        if o.schedule == "cosine":
+            return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=o.steps)
         return None
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
