@@ -64,6 +64,7 @@ PROPERTIES: dict[str, frozenset[str]] = {
         "fast_path",
         "batch_size",
         "phase_average",
+        "flip_average",
         "adapt_steps",
         "adapt_lr",
         "adapt_split",
@@ -102,6 +103,7 @@ class GadgetSettings:
     batch_size: int = 0  # 0: the device's default (RGANCS.default_batch_size)
     fast_path: str = "auto"
     phase_average: int = 0  # 0: the bundle's (RecurrentProximalNet's phase_average)
+    flip_average: int = 0  # 0: the bundle's (RecurrentProximalNet's flip_average: 1, 2 or 4)
     adapt_steps: int = 0  # scan-specific self-supervised steps before reconstructing (recon_plugin.adaptation)
     adapt_lr: float = 8e-4  # Adam's learning rate while adapting (AdaptSettings.lr; this module imports no torch)
     adapt_split: str | None = None  # how loss sets are drawn while adapting; None: AdaptSettings' default
@@ -120,7 +122,7 @@ class GadgetSettings:
 
     @classmethod
     def from_properties(cls, method: str, props: dict[str, str]) -> GadgetSettings:
-        """Parse properties (weights, device, batch_size, fast_path, phase_average, adapt_steps, adapt_lr,
+        """Parse properties (weights, device, batch_size, fast_path, phase_average, flip_average, adapt_steps, adapt_lr,
         adapt_split, adapt_splits, adapt_scope, threads,
         mask, retro_acceleration, seed, calib, calib_width, series_index, complex, reference; for BART CS: lambda,
         iterations, time_limit, workers); a bad value is a ProtocolError naming the property."""
@@ -139,6 +141,7 @@ class GadgetSettings:
             fast_path=props.get("fast_path", "auto") or "auto",
             batch_size=_number(props, "batch_size", 0, int, minimum=0),
             phase_average=_number(props, "phase_average", 0, int, minimum=0),
+            flip_average=_flip_average(props),
             adapt_steps=_number(props, "adapt_steps", 0, int, minimum=0),
             adapt_lr=_number(props, "adapt_lr", 8e-4, float, minimum=0.0, strict=True),
             adapt_split=_adapt_choice(props, "adapt_split"),
@@ -191,6 +194,13 @@ def _number(
     if minimum is not None and (value < minimum or (strict and value == minimum)):
         bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
         raise ProtocolError(f"property {name}={text!r} must be {bound}")
+    return value
+
+
+def _flip_average(props: dict[str, str]) -> int:
+    value = _number(props, "flip_average", 0, int, minimum=0)
+    if value not in (0, 1, 2, 4):  # recurrent.FLIPS (this module imports no torch)
+        raise ProtocolError(f"property flip_average={props['flip_average']!r} must be 1, 2 or 4, or 0 for the bundle's")
     return value
 
 

@@ -33,9 +33,9 @@ log = logging.getLogger(__name__)
 __all__ = ["METHODS", "PROPERTIES", "GadgetSettings", "RetroSettings", "default_weights"]
 _REGULARISERS = {"cs_wavelet": "wavelet", "cs_tv": "tv"}
 
-#: (weights, device, batch_size, fast_path, phase_average, adapt_steps, adapt_lr, adapt_split, adapt_splits,
-#: adapt_scope) of a resident model.
-_Key = tuple[str, str, int, str, int, int, float, str | None, int, str | None]
+#: (weights, device, batch_size, fast_path, phase_average, flip_average, adapt_steps, adapt_lr, adapt_split,
+#: adapt_splits, adapt_scope) of a resident model.
+_Key = tuple[str, str, int, str, int, int, int, float, str | None, int, str | None]
 _RESIDENT: dict[_Key, Reconstructor] = {}
 #: Routed pairs of resident models, kept like them (one wrapper per pair).
 _ROUTED: dict[tuple[_Key, _Key], CoilRoutedRGANCS] = {}
@@ -115,6 +115,7 @@ def _resident_key(settings: GadgetSettings, weights: Path) -> _Key:
         settings.batch_size,
         settings.fast_path,
         settings.phase_average,
+        settings.flip_average,
         settings.adapt_steps,
         settings.adapt_lr,
         settings.adapt_split,
@@ -133,6 +134,7 @@ def _resident_rgancs(settings: GadgetSettings, weights: Path) -> RGANCS:
             fast_path=settings.fast_path,
             phase_average=settings.phase_average or None,
             adapt=_adapt_settings(settings),
+            flip_average=settings.flip_average or None,
         )
     return _RESIDENT[key]
 

@@ -4,6 +4,7 @@ and write its MODEL_CARD.md with the evaluation tables rendered from docs/eval.
 Usage::
 
     python scripts/ship_bundle.py campaigns/NAME/bundle NEW_NAME [--cg-iterations 4] [--output-gain] [--phase-average 4]
+        [--flip-average 4]
         [--group GROUP]
         [--notes FILE.md] [--terms TEXT]
 
@@ -42,6 +43,7 @@ def main() -> None:
     parser.add_argument("--cg-iterations", type=int)
     parser.add_argument("--output-gain", action="store_true", help="fit the final image's gain to the measured data")
     parser.add_argument("--phase-average", type=int, help="average this many global-phase rotations at inference")
+    parser.add_argument("--flip-average", type=int, help="average each copy's G over this many mirrorings (2 or 4)")
     parser.add_argument("--group", default="")
     parser.add_argument("--label", default="this model")
     parser.add_argument("--notes", type=Path)
@@ -64,6 +66,8 @@ def main() -> None:
             side["model"]["output_gain"] = True  # no weights of its own either
         if args.phase_average:
             side["model"]["phase_average"] = args.phase_average  # inference only, no weights
+        if args.flip_average:
+            side["model"]["flip_average"] = args.flip_average  # inference only, no weights
         side_path.write_text(json.dumps(side, indent=2) + "\n")
     load_bundle(out)  # verifies hash, architecture and parameter count
     notes = args.notes.read_text() if args.notes else ""

@@ -436,6 +436,7 @@ _MODEL_KEYS = (
     "norm",
     "output_gain",
     "phase_average",
+    "flip_average",
 )
 
 

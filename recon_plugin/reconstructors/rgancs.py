@@ -61,6 +61,7 @@ class RGANCS(Reconstructor):
         fast_path: str | FastPath = "auto",
         phase_average: int | None = None,
         adapt: AdaptSettings | None = None,
+        flip_average: int | None = None,
     ) -> None:
         self.device = resolve_device(device)
         self.fast_path = fast_path if isinstance(fast_path, FastPath) else FastPath.parse(fast_path, self.device)
@@ -77,6 +78,12 @@ class RGANCS(Reconstructor):
             except ValueError as exc:
                 raise BundleMismatchError(f"phase_average {phase_average!r} for {self.bundle.name}: {exc}") from exc
         self.phase_average = self.fast.net.config.phase_average
+        if flip_average:
+            try:
+                self.fast.net.config = dataclasses.replace(self.fast.net.config, flip_average=int(flip_average))
+            except ValueError as exc:
+                raise BundleMismatchError(f"flip_average {flip_average!r} for {self.bundle.name}: {exc}") from exc
+        self.flip_average = self.fast.net.config.flip_average
         norm = self.bundle.normalisation
         if norm.get("kind") != "percentile":
             raise BundleMismatchError(f"unknown normalisation {norm!r} in bundle {self.bundle.name}")
@@ -132,7 +139,9 @@ class RGANCS(Reconstructor):
         scale = robust_scale(op.adjoint(y), self.percentile)
         y_norm = y / scale[:, None, None, None]
         net, report = adapt_model(self.bundle.model, y_norm, op, self.adapt, bf16=self.fast_path.bf16)
-        net.config = dataclasses.replace(net.config, phase_average=self.phase_average)  # this reconstructor's
+        net.config = dataclasses.replace(  # this reconstructor's inference settings
+            net.config, phase_average=self.phase_average, flip_average=self.flip_average
+        )
         log.info("adapted %s to %d slice(s): %s", self.bundle.name, len(problems), report.summary())
         return FastModel(net, self.fast_path, self.device), report.summary()
 
@@ -159,6 +168,7 @@ class RGANCS(Reconstructor):
                 "device": str(self.device),
                 "fast_path": self.fast_path.name,
                 "phase_average": self.phase_average,
+                "flip_average": self.flip_average,
                 "seconds": seconds,
                 "dc_residual": residuals[j],
                 "acceleration": problem.acceleration,
