@@ -59,12 +59,13 @@ PREVIOUS_MULTICOIL_BUNDLE = WEIGHTS_DIR / "rgancs_cg_10x1x32_multicoil"
 DEFAULT_BUNDLES = {"cpu": DEFAULT_BUNDLE, "cuda": DEFAULT_BUNDLE}
 #: Demoted (loses to CS everywhere): a small single-coil model kept as a fast fixture for tests and examples.
 DEMO_BUNDLE = WEIGHTS_DIR / "rgancs_demo_cpu"
-#: The paper's 10x1x128 architecture (shared weights) trained on single-coil SIAT slices: 600 steps of 4 crops, the
-#: single-coil default until 2026-12-06, kept for comparison.
-PREVIOUS_SINGLE_COIL_BUNDLE = WEIGHTS_DIR / "rgancs_10x1x128_siat"
-#: That model trained on for 1200 more steps with half of its images phased (campaigns/siat1_10x1x128): the
-#: single-coil default.
-FULL_BUNDLE = WEIGHTS_DIR / "rgancs_10x1x128_siat2"
+#: The paper's 10x1x128 architecture (shared weights) trained on single-coil SIAT slices (600 steps of 4 crops,
+#: ``rgancs_10x1x128_siat``, packaged too), then 1200 more steps with half of its images phased
+#: (campaigns/siat1_10x1x128): the single-coil default on 2026-12-06 before the next stage, kept for comparison.
+PREVIOUS_SINGLE_COIL_BUNDLE = WEIGHTS_DIR / "rgancs_10x1x128_siat2"
+#: That model's cosine restarted for 1200 more steps (campaigns/siat1_10x1x128_2), run with ``flip_average`` = 2
+#: (each copy's G averaged with its left-right mirror): the single-coil default.
+FULL_BUNDLE = WEIGHTS_DIR / "rgancs_10x1x128_siat3"
 MATRIX = (208, 176)
 #: The bundle single-coil slices get when a gadget has no ``weights`` property (``single_coil_weights``): the
 #: best measured single-coil model, which beats the multi-coil default on single-coil data (its model card).
