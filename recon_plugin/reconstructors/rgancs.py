@@ -72,17 +72,13 @@ class RGANCS(Reconstructor):
                 "MR reconstruction needs a complex (2-channel) model"
             )
         self.fast = FastModel(self.bundle.model, self.fast_path, self.device)  # a private copy on the device
-        if phase_average:
-            try:
-                self.fast.net.config = dataclasses.replace(self.fast.net.config, phase_average=int(phase_average))
-            except ValueError as exc:
-                raise BundleMismatchError(f"phase_average {phase_average!r} for {self.bundle.name}: {exc}") from exc
+        for name, value in (("phase_average", phase_average), ("flip_average", flip_average)):  # None: the bundle's
+            if value:
+                try:
+                    self.fast.net.config = dataclasses.replace(self.fast.net.config, **{name: int(value)})
+                except ValueError as exc:
+                    raise BundleMismatchError(f"{name} {value!r} for {self.bundle.name}: {exc}") from exc
         self.phase_average = self.fast.net.config.phase_average
-        if flip_average:
-            try:
-                self.fast.net.config = dataclasses.replace(self.fast.net.config, flip_average=int(flip_average))
-            except ValueError as exc:
-                raise BundleMismatchError(f"flip_average {flip_average!r} for {self.bundle.name}: {exc}") from exc
         self.flip_average = self.fast.net.config.flip_average
         norm = self.bundle.normalisation
         if norm.get("kind") != "percentile":
