@@ -4,7 +4,7 @@ Usage::
 
     python benchmarks/training_throughput.py --config configs/multicoil/cg_10x1x32_cpu.toml [--steps 12]
         [--warmup 4] [--reuse 4] [--bank-batches 8] [--nice 10] [--json FILE] [--profile N]
-        [--stages inline,fused,bank,nice,channels_last]
+        [--stages inline,fused,bank,nice,channels_last,allocator]
 
 Every stage trains the same model on the same configuration (data, crops, coils, masks); each adds one change:
 
@@ -17,7 +17,10 @@ Every stage trains the same model on the same configuration (data, crops, coils,
 * ``nice``: the bank's producer niced by ``--nice`` (``[data] bank_nice``), so that it yields the cores to the
   step's threads and simulates while the step waits;
 * ``channels_last``: the network's weights (hence its activations) in channels_last memory (``[run] channels_last``;
-  "auto" turns it on with bf16, where oneDNN's bf16 convolutions are faster in that layout).
+  "auto" turns it on with bf16, where oneDNN's bf16 convolutions are faster in that layout);
+* ``allocator``: glibc keeps freed memory for the next step (:func:`recon_plugin.allocator.keep_freed_memory`, which
+  ``recon-train`` applies to its process) instead of mapping every block above 32 MiB afresh. It cannot be undone
+  in a process, so it always runs last (stages run in the order above, whatever the order given).
 
 Precision follows ``run.bf16 = "auto"`` (bf16 only on CUDA or a CPU with native bf16; ``--bf16 on|off`` forces
 it). A stage's figure is the wall time of ``--steps`` steps after ``--warmup`` steps (the bank's start-up fill
@@ -40,11 +43,12 @@ from typing import Any
 
 import torch
 
+from recon_plugin.allocator import keep_freed_memory
 from recon_plugin.physics import SenseOperator
 from training.config import load_config
 from training.loop import Trainer
 
-STAGES = ("inline", "fused", "bank", "nice", "channels_last")
+STAGES = ("inline", "fused", "bank", "nice", "channels_last", "allocator")
 
 
 def _unfused_normal(self: SenseOperator, x: torch.Tensor) -> torch.Tensor:
@@ -56,10 +60,13 @@ def run_stage(stage: str, args: argparse.Namespace, out: Path) -> dict[str, Any]
     cfg = load_config(args.config)
     cfg.run.out, cfg.run.progress, cfg.run.init_weights = str(out), False, ""
     cfg.run.bf16 = {"auto": "auto", "on": True, "off": False}[args.bf16]
-    cfg.data.bank_batches = args.bank_batches if stage in ("bank", "nice", "channels_last") else 0
+    upto = STAGES[: STAGES.index(stage) + 1]  # each stage keeps every change of the stages before it
+    cfg.data.bank_batches = args.bank_batches if "bank" in upto else 0
     cfg.data.bank_reuse, cfg.data.bank_workers = args.reuse, 1
-    cfg.data.bank_nice = args.nice if stage in ("nice", "channels_last") else 0
-    cfg.run.channels_last = stage == "channels_last"
+    cfg.data.bank_nice = args.nice if "nice" in upto else 0
+    cfg.run.channels_last = "channels_last" in upto
+    if stage == "allocator" and not keep_freed_memory():
+        print("allocator: glibc's mallopt is unavailable or RECON_KEEP_FREED_MEMORY is off: same as channels_last")
     cfg.data.val_range = [cfg.data.val_range[0], cfg.data.val_range[0] + 1] if cfg.data.val_range else None
     original = SenseOperator.normal
     if stage == "inline":
@@ -113,6 +120,7 @@ def main() -> None:
     bad = [s for s in stages if s not in STAGES]
     if bad:
         parser.error(f"unknown stage(s) {bad}; choose from {', '.join(STAGES)}")
+    stages.sort(key=STAGES.index)  # the allocator stage cannot be undone: it runs last
     rows = []
     with tempfile.TemporaryDirectory(prefix="train-throughput-") as tmp:
         for stage in stages:

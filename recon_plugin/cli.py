@@ -396,8 +396,10 @@ app.add_typer(review_app, name="review", help="Blinded reader study of paired ou
 
 def main() -> None:
     """Console entry point: warnings and errors are logged; ``-v`` adds INFO, ``-vv`` DEBUG; Ctrl-C prints
-    ``interrupted`` and exits 130."""
+    ``interrupted`` and exits 130. glibc keeps freed memory for the next slice (:mod:`recon_plugin.allocator`)."""
+    from .allocator import keep_freed_memory
     from .interrupt import run_interruptible
 
     configure_logging(0)
+    keep_freed_memory()
     run_interruptible(app)

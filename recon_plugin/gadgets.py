@@ -18,6 +18,7 @@ from typing import Any
 
 import ismrmrd
 
+from .allocator import keep_freed_memory
 from .errors import ReconError
 from .pipeline import GadgetSettings, apply_threads, assemble, build_reconstructor, stamp_timings, stream_exam
 from .timings import StageTimer
@@ -93,7 +94,8 @@ class Inbox:
 def run(connection: Any, method: str) -> None:
     """Reconstruct one exam with ``method``, streaming the images; report failures as ERROR messages.
 
-    torch's threads are set first (property ``threads``, :func:`~recon_plugin.pipeline.apply_threads`).
+    torch's threads are set first (property ``threads``, :func:`~recon_plugin.pipeline.apply_threads`), and
+    glibc keeps freed memory for the next slice (:func:`~recon_plugin.allocator.keep_freed_memory`).
     Each batch of slices (RGANCS: its batch size, 1 on a CPU) is sent as soon as it is reconstructed and
     encoded (:func:`~recon_plugin.pipeline.stream_exam`), so the first images leave long before a long
     exam ends. Every stage is timed (:mod:`recon_plugin.timings`): each image carries, as
@@ -108,6 +110,7 @@ def run(connection: Any, method: str) -> None:
         with timer.stage("setup"):
             settings = GadgetSettings.from_properties(method, properties(connection.config))
             threads = apply_threads(settings.threads)
+            keep_freed_memory()
             reconstructor = build_reconstructor(settings)
         log.debug("%s: %d torch threads", method, threads)
         problems = assemble(connection.header, inbox, settings, timer)

@@ -228,10 +228,13 @@ def copies(
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: a named error (``ReconError``) ends with one line on stderr and exit code 2;
-    warnings and errors are logged, ``-v`` adds INFO and ``-vv`` DEBUG."""
+    warnings and errors are logged, ``-v`` adds INFO and ``-vv`` DEBUG. glibc keeps freed memory for the next step
+    (:mod:`recon_plugin.allocator`)."""
+    from recon_plugin.allocator import keep_freed_memory
     from recon_plugin.interrupt import run_interruptible
 
     configure_logging(0)
+    keep_freed_memory()
     try:
         run_interruptible(lambda: app(args=argv, prog_name="recon-train"))
     except ReconError as exc:

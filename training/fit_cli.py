@@ -77,7 +77,11 @@ def _standalone(
 
 
 def main() -> None:
-    """``python -m training.fit_cli`` (what torchrun starts): :func:`fit`, warnings logged (``-v``: INFO)."""
+    """``python -m training.fit_cli`` (what torchrun starts): :func:`fit`, warnings logged (``-v``: INFO); glibc
+    keeps freed memory for the next step (:mod:`recon_plugin.allocator`)."""
+    from recon_plugin.allocator import keep_freed_memory
+
+    keep_freed_memory()
     typer.run(_standalone)
 
 
