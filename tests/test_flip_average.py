@@ -15,8 +15,11 @@ from recon_plugin.gadget_settings import GadgetSettings
 from recon_plugin.masks import make_mask
 from recon_plugin.model import ModelConfig, RecurrentProximalNet, load_bundle
 from recon_plugin.reconstructors import RGANCS
-from recon_plugin.sample_data import PREVIOUS_SINGLE_COIL_BUNDLE
+from recon_plugin.sample_data import WEIGHTS_DIR
 from recon_plugin.simulate import simulate_problem, with_smooth_phase
+
+#: A packaged single-coil bundle written before the setting existed (one pass).
+ONE_PASS_BUNDLE = WEIGHTS_DIR / "rgancs_10x1x128_siat2"
 
 
 def small_net(**overrides) -> RecurrentProximalNet:
@@ -70,9 +73,9 @@ def test_impossible_flip_average_is_a_named_error(bad):
 
 
 def test_older_bundles_load_with_one_pass():
-    sidecar = json.loads((PREVIOUS_SINGLE_COIL_BUNDLE / "bundle.json").read_text())  # written before the setting
+    sidecar = json.loads((ONE_PASS_BUNDLE / "bundle.json").read_text())  # written before the setting
     assert "flip_average" not in sidecar["model"]
-    assert load_bundle(PREVIOUS_SINGLE_COIL_BUNDLE).model.config.flip_average == 1
+    assert load_bundle(ONE_PASS_BUNDLE).model.config.flip_average == 1
 
 
 def test_a_bundle_that_ships_flip_average_reconstructs_with_it(rng, tmp_path):
@@ -81,11 +84,11 @@ def test_a_bundle_that_ships_flip_average_reconstructs_with_it(rng, tmp_path):
     mask = make_mask("radial", shape, 5.0, seed=2).mask
     problem = simulate_problem(img, mask, np.ones((1, *shape), np.complex64))
     shipped = tmp_path / "f2"
-    shutil.copytree(PREVIOUS_SINGLE_COIL_BUNDLE, shipped)
+    shutil.copytree(ONE_PASS_BUNDLE, shipped)
     side = json.loads((shipped / "bundle.json").read_text())
     side["model"]["flip_average"] = 2
     (shipped / "bundle.json").write_text(json.dumps(side))
-    plain = RGANCS(PREVIOUS_SINGLE_COIL_BUNDLE, device="cpu", fast_path="fp32").reconstruct(problem)
+    plain = RGANCS(ONE_PASS_BUNDLE, device="cpu", fast_path="fp32").reconstruct(problem)
     averaged = RGANCS(shipped, device="cpu", fast_path="fp32").reconstruct(problem)
     assert plain.meta["flip_average"] == 1 and averaged.meta["flip_average"] == 2
     assert np.isfinite(averaged.image).all()
@@ -98,7 +101,7 @@ def test_rgancs_overrides_the_bundles_setting_without_touching_it(rng):
     shape = (48, 40)
     img = with_smooth_phase(np.abs(crandn(rng, *shape)).astype(np.float32), rng)
     problem = simulate_problem(img, make_mask("radial", shape, 5.0, seed=4).mask, np.ones((1, *shape), np.complex64))
-    bundle = load_bundle(PREVIOUS_SINGLE_COIL_BUNDLE)
+    bundle = load_bundle(ONE_PASS_BUNDLE)
     plain = RGANCS(bundle, device="cpu", fast_path="fp32", flip_average=1).reconstruct(problem)
     four = RGANCS(bundle, device="cpu", fast_path="fp32", flip_average=4).reconstruct(problem)
     assert plain.meta["flip_average"] == 1 and four.meta["flip_average"] == 4
