@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -38,11 +39,7 @@ print(json.dumps({"applied": applied, "faults": faults() - before}))
 
 
 def _run(mode: str, env_value: str | None = None) -> dict:
-    env = None
-    if env_value is not None:
-        import os
-
-        env = {**os.environ, allocator.ENV: env_value}
+    env = None if env_value is None else {**os.environ, allocator.ENV: env_value}
     out = subprocess.run(
         [sys.executable, "-c", _FAULTS, mode], capture_output=True, text=True, check=True, timeout=120, env=env
     )
