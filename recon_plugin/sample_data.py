@@ -62,13 +62,14 @@ DEMO_BUNDLE = WEIGHTS_DIR / "rgancs_demo_cpu"
 #: The paper's 10x1x128 architecture (shared weights) trained on single-coil SIAT slices (600 steps of 4 crops,
 #: ``rgancs_10x1x128_siat``), then 1200 more steps with half of its images phased (campaigns/siat1_10x1x128,
 #: ``rgancs_10x1x128_siat2``), 1200 more from a restarted cosine (campaigns/siat1_10x1x128_2,
-#: ``rgancs_10x1x128_siat3``) and 800 more at a lower learning rate (campaigns/siat1_10x1x128_3), run with
-#: ``flip_average`` = 2: the single-coil default on 2026-12-06 before the next stage, kept for comparison (the
-#: earlier three are packaged too).
-PREVIOUS_SINGLE_COIL_BUNDLE = WEIGHTS_DIR / "rgancs_10x1x128_siat4"
-#: That model trained 700 more steps on whole 256x256 slices instead of 128x128 crops (campaigns/siat1_10x1x128_4),
-#: run with ``flip_average`` = 2 (each copy's G averaged with its left-right mirror): the single-coil default.
-FULL_BUNDLE = WEIGHTS_DIR / "rgancs_10x1x128_siat5"
+#: ``rgancs_10x1x128_siat3``), 800 more at a lower learning rate (campaigns/siat1_10x1x128_3,
+#: ``rgancs_10x1x128_siat4``) and 700 more on whole 256x256 slices instead of 128x128 crops
+#: (campaigns/siat1_10x1x128_4), run with ``flip_average`` = 2: the single-coil default on 2026-12-06 before the
+#: next stage, kept for comparison (the earlier four are packaged too).
+PREVIOUS_SINGLE_COIL_BUNDLE = WEIGHTS_DIR / "rgancs_10x1x128_siat5"
+#: That model trained 700 more steps on whole slices from a restarted cosine (campaigns/siat1_10x1x128_5), run with
+#: ``flip_average`` = 2 (each copy's G averaged with its left-right mirror): the single-coil default.
+FULL_BUNDLE = WEIGHTS_DIR / "rgancs_10x1x128_siat6"
 MATRIX = (208, 176)
 #: The bundle single-coil slices get when a gadget has no ``weights`` property (``single_coil_weights``): the
 #: best measured single-coil model, which beats the multi-coil default on single-coil data (its model card).
