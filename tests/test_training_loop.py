@@ -481,3 +481,30 @@ def test_random_crop_trains_on_crops_and_validates_whole_slices(tmp_path: Path, 
     crops = {trainer.train_data.batch([0]).x.numpy().tobytes() for _ in range(6)}
     assert len(crops) > 1  # a new position (and mask) per draw
     assert "random 16x16 training crops" in trainer.data_summary["simulation"]
+
+
+def test_init_weights_deepens_a_shallower_bundle(tmp_path: Path, slices_path: Path) -> None:
+    """A bundle with fewer residual blocks per copy starts a deeper (and wider) run with the same function at
+    step 0; a deeper bundle is refused."""
+    no_gan = {"lambda_gan": 0.0}
+    bundle = _two_step_bundle(slices_path, tmp_path / "a")
+    shallow = load_bundle(bundle).model
+    init = {"init_weights": str(bundle)}
+    blocks = shallow.config.blocks + 1
+    deep = Trainer(make_config(slices_path, tmp_path / "b", loss=no_gan, model={"blocks": blocks}, run=init))
+    both = Trainer(
+        make_config(slices_path, tmp_path / "c", loss=no_gan, model={"blocks": blocks, "features": 12}, run=init)
+    )
+    assert len(deep.model.proximals[0].blocks) == blocks
+    x = torch.randn(1, 2, 16, 16)
+    deep.model.eval()
+    both.model.eval()
+    with torch.no_grad():
+        want = shallow.proximals[0](x)
+        torch.testing.assert_close(deep.model.proximals[0](x), want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(both.model.proximals[0](x), want, rtol=1e-5, atol=1e-5)
+    deep.fit()
+    assert deep.step == deep.config.optim.steps
+    with pytest.raises(CheckpointError, match=f"blocks: bundle {blocks}, run {blocks - 1}"):
+        deeper = {"init_weights": str(tmp_path / "b" / "bundle")}
+        Trainer(make_config(slices_path, tmp_path / "d", loss=no_gan, run=deeper))

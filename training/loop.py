@@ -40,6 +40,7 @@ from tqdm import tqdm
 from recon_plugin.errors import BundleError
 from recon_plugin.metrics import snr_db, ssim
 from recon_plugin.model import Discriminator, ModelConfig, RecurrentProximalNet, load_bundle, save_bundle
+from recon_plugin.model.deepen import deepen_state
 from recon_plugin.model.precision import FullPrecisionOperator
 from recon_plugin.model.widen import widen_state
 from recon_plugin.physics import SenseOperator, SuperResolutionOperator, complex_to_channels
@@ -245,7 +246,8 @@ class Trainer:
         """Start from a bundle's weights; its architecture must be this run's ``[model]`` (the solver settings in
         :data:`SOLVER_SETTINGS` may differ: they hold no weights). A shared-weights bundle may also start an
         independent-weights run: every copy starts as the shared network (untied), the same function at step 0; and a
-        narrower bundle may start a wider run (:func:`~recon_plugin.model.widen.widen_state`), also the same
+        narrower bundle may start a wider run (:func:`~recon_plugin.model.widen.widen_state`) and a bundle with fewer
+        residual blocks per copy a deeper one (:func:`~recon_plugin.model.deepen.deepen_state`), also the same
         function at step 0."""
         try:
             bundle = load_bundle(path)
@@ -255,6 +257,7 @@ class Trainer:
         theirs = bundle.sidecar["model"]
         untie = bool(theirs.get("shared", True)) and not ours["shared"]
         widen = int(theirs.get("features", ours["features"])) < ours["features"]
+        deepen = int(theirs.get("blocks", ours["blocks"])) < ours["blocks"]
         diffs = [
             f"{k}: bundle {theirs.get(k)!r}, run {v!r}"
             for k, v in ours.items()
@@ -262,6 +265,7 @@ class Trainer:
             and k not in SOLVER_SETTINGS
             and not (untie and k == "shared")
             and not (widen and k == "features")
+            and not (deepen and k == "blocks")
         ]
         if diffs:
             raise CheckpointError(f"run.init_weights {path} has another architecture: {'; '.join(diffs)}")
@@ -273,10 +277,16 @@ class Trainer:
                 state.update({f"proximals.{copy}.{k}": v.clone() for k, v in shared.items()})
         if widen:
             fresh = {k: v.detach() for k, v in self.model.state_dict().items()}
+            if deepen:  # widen the bundle's own blocks first, then add the new ones
+                fresh = {k: v for k, v in fresh.items() if k in state}
             state = widen_state(state, fresh, int(theirs["features"]), ours["features"])
+        if deepen:
+            fresh = {k: v.detach() for k, v in self.model.state_dict().items()}
+            state = deepen_state(state, fresh, int(theirs["blocks"]), ours["blocks"])
         self.model.load_state_dict(state, strict=True)
         how = ["shared network untied into every copy"] if untie else []
         how += [f"{theirs['features']} features widened to {ours['features']}, same function"] if widen else []
+        how += [f"{theirs['blocks']} blocks a copy deepened to {ours['blocks']}, same function"] if deepen else []
         log.info("initial weights from %s%s", path, f" ({'; '.join(how)})" if how else "")
 
     def _bank(self) -> SimulationBank:
