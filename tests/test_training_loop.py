@@ -93,6 +93,9 @@ def test_load_config_from_toml_resolves_relative_paths(tmp_path: Path) -> None:
         ("run", {"bf16": 1}, "[run].bf16"),
         ("run", {"channels_last": "yes"}, "[run].channels_last"),
         ("optim", {"lambda_lr_scale": 0}, "[optim].lambda_lr_scale"),
+        ("optim", {"lr_scales": {"blocks.0.": 0}}, "[optim].lr_scales"),
+        ("optim", {"lr_scales": {"blocks.0.": "ten"}}, "[optim].lr_scales"),
+        ("optim", {"lr_scales": ["blocks.0."]}, "[optim].lr_scales"),
         ("optim", {"warmup_steps": -1}, "[optim].warmup_steps"),
         ("optim", {"warmup_steps": 6}, "[optim].warmup_steps"),
     ],
@@ -508,3 +511,41 @@ def test_init_weights_deepens_a_shallower_bundle(tmp_path: Path, slices_path: Pa
     with pytest.raises(CheckpointError, match=f"blocks: bundle {blocks}, run {blocks - 1}"):
         deeper = {"init_weights": str(tmp_path / "b" / "bundle")}
         Trainer(make_config(slices_path, tmp_path / "d", loss=no_gan, run=deeper))
+
+
+def test_lr_scales_give_named_parameters_their_own_rate(tmp_path: Path, slices_path: Path) -> None:
+    """optim.lr_scales: parameters whose name contains a pattern get lr x its scale (Adam's first step moves each by
+    about its group's lr), the rest the lr; a pattern naming no parameter is refused; a resume equals a straight run."""
+    over: dict[str, Any] = {
+        "model": {"blocks": 2},
+        "loss": {"lambda_gan": 0.0},
+        "optim": {"lr": 1e-3, "steps": 1, "schedule": "cosine", "lr_scales": {"blocks.1.": 20.0}},
+    }
+    scaled = Trainer(make_config(slices_path, tmp_path / "s", **over))
+    groups = scaled.opt_g.param_groups
+    assert [g["lr"] for g in groups] == pytest.approx([1e-3, 2e-2])
+    names = {id(p): n for n, p in scaled.model.named_parameters()}
+    assert groups[1]["params"] and all("blocks.1." in names[id(p)] for p in groups[1]["params"])
+    assert not any("blocks.1." in names[id(p)] for p in groups[0]["params"])
+    assert sum(p.numel() for g in groups for p in g["params"]) == sum(p.numel() for p in scaled.model.parameters())
+    before = {n: p.detach().clone() for n, p in scaled.model.named_parameters()}
+    scaled.fit()
+    moved = {n: (p.detach() - before[n]).abs().max().item() for n, p in scaled.model.named_parameters()}
+    assert max(v for n, v in moved.items() if "blocks.1." in n) > 1.5e-2
+    assert max(v for n, v in moved.items() if "blocks.1." not in n) < 1.1e-3
+    assert load_bundle(tmp_path / "s" / "bundle").sidecar["training"]["lr_scales"] == {"blocks.1.": 20.0}
+
+    with pytest.raises(TrainingConfigError, match=r"no parameter name contains 'blocks\.7\.'"):
+        Trainer(make_config(slices_path, tmp_path / "t", **{**over, "optim": {"lr_scales": {"blocks.7.": 2.0}}}))
+
+    over["optim"]["steps"] = 4
+    straight = Trainer(make_config(slices_path, tmp_path / "a", **over))
+    straight.fit()
+    half = Trainer(make_config(slices_path, tmp_path / "b", **over))
+    _interrupt_at(half, 2)
+    resumed = Trainer(make_config(slices_path, tmp_path / "b", **over))
+    resumed.fit(resume=tmp_path / "b")
+    _assert_same_weights(straight, resumed)
+    plain = Trainer(make_config(slices_path, tmp_path / "c", **{**over, "optim": {"steps": 4}}))
+    with pytest.raises(CheckpointError, match="lr_scales"):
+        plain.resume(tmp_path / "b")

@@ -308,6 +308,9 @@ class OptimConfig:
     schedule: str = "none"
     warmup_steps: int = 0  # lr rises linearly from lr / warmup_steps to lr over the first steps, then the schedule
     lambda_lr_scale: float = 1.0  # the per-copy CG lambdas' lr over ``lr``: Adam moves log lambda by ~lr a step
+    # parameter-name substring -> lr multiplier, first match wins (e.g. {"blocks.1." = 10} for a block added by
+    # deepening, whose zero-started convolution would hardly move at a fine-tune's lr); each must match a parameter
+    lr_scales: dict[str, float] | None = None
 
     def check(self) -> None:
         """Raise TrainingConfigError on an impossible value."""
@@ -316,6 +319,12 @@ class OptimConfig:
             raise _fail(s, "lr", f"must be > 0, got {self.lr}")
         if not (math.isfinite(self.lambda_lr_scale) and self.lambda_lr_scale > 0):
             raise _fail(s, "lambda_lr_scale", f"must be a positive number, got {self.lambda_lr_scale}")
+        for pattern, scale in (self.lr_scales or {}).items():
+            if not pattern or isinstance(scale, bool) or not isinstance(scale, int | float):
+                raise _fail(s, "lr_scales", f"expects name = number pairs, got {pattern!r} = {scale!r}")
+            if not (math.isfinite(scale) and scale > 0):
+                raise _fail(s, "lr_scales", f"{pattern!r} must have a positive scale, got {scale}")
+            self.lr_scales[pattern] = float(scale)  # type: ignore[index]
         if self.lr_d is not None and not self.lr_d > 0:
             raise _fail(s, "lr_d", f"must be > 0, got {self.lr_d}")
         for key in ("beta1", "beta2"):

@@ -58,7 +58,7 @@ from .checkpoint import (
 from .config import DataConfig, OptimConfig, TrainConfig
 from .data import Batch
 from .datasets import SRBatch
-from .errors import CheckpointError
+from .errors import CheckpointError, TrainingConfigError
 from .losses import data_fidelity, lsgan_discriminator, lsgan_generator, pixel_loss
 from .real_validation import real_validation_cases, validate_real
 from .run_log import RunLog
@@ -234,13 +234,31 @@ class Trainer:
     def _generator_groups(self) -> list[dict[str, Any]]:
         """The generator's Adam parameter groups: one, or with ``optim.lambda_lr_scale`` != 1 a second group for the
         per-copy CG lambdas (stored as logarithms, which Adam moves by about the lr a step: at the network's lr they
-        hardly leave their initial value)."""
+        hardly leave their initial value), then one group per ``optim.lr_scales`` pattern (parameters whose name
+        contains it, first pattern first) at lr x its scale. A pattern that names no parameter is refused."""
         o = self.config.optim
         log_lambda = getattr(self.model, "log_lambda", None)
-        if o.lambda_lr_scale == 1.0 or log_lambda is None:
+        scales = o.lr_scales or {}
+        if (o.lambda_lr_scale == 1.0 or log_lambda is None) and not scales:
             return [{"params": list(self.model.parameters())}]
-        rest = [p for p in self.model.parameters() if p is not log_lambda]
-        return [{"params": rest}, {"params": [log_lambda], "lr": o.lr * o.lambda_lr_scale}]
+        own_lambda = o.lambda_lr_scale != 1.0 and log_lambda is not None
+        rest: list[torch.nn.Parameter] = []
+        scaled: dict[str, list[torch.nn.Parameter]] = {pattern: [] for pattern in scales}
+        for name, param in self.model.named_parameters():
+            if own_lambda and param is log_lambda:
+                continue
+            pattern = next((p for p in scales if p in name), None)
+            (rest if pattern is None else scaled[pattern]).append(param)
+        unmatched = [p for p, params in scaled.items() if not params]
+        if unmatched:
+            raise TrainingConfigError(
+                f"[optim].lr_scales: no parameter name contains {', '.join(map(repr, unmatched))}"
+            )
+        groups: list[dict[str, Any]] = [{"params": rest}]
+        if own_lambda:
+            groups.append({"params": [log_lambda], "lr": o.lr * o.lambda_lr_scale})
+        groups += [{"params": params, "lr": o.lr * scales[p]} for p, params in scaled.items()]
+        return groups
 
     def _load_initial_weights(self, path: str) -> None:
         """Start from a bundle's weights; its architecture must be this run's ``[model]`` (the solver settings in
@@ -685,6 +703,7 @@ class Trainer:
                     "betas": [cfg.optim.beta1, cfg.optim.beta2],
                     "schedule": cfg.optim.schedule,
                     "lambda_lr_scale": cfg.optim.lambda_lr_scale,
+                    "lr_scales": dict(cfg.optim.lr_scales or {}),
                     "clip": cfg.optim.clip,
                     "eta": cfg.loss.eta,
                     "gamma": cfg.loss.gamma,
