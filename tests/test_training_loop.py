@@ -174,6 +174,18 @@ def _assert_same_weights(a: Trainer, b: Trainer) -> None:
             assert torch.equal(sa[key], sb[key]), f"{name} {key} differs"
 
 
+def _assert_resume_matches(straight: Trainer, slices: Path, out: Path, stop_at: int, **over: Any) -> Trainer:
+    """Stop a run of the same config as ``straight`` (already fitted) after ``stop_at``, resume it from its
+    checkpoint and check the weights equal the straight run's; returns the resumed trainer."""
+    half = Trainer(make_config(slices, out, **over))
+    _interrupt_at(half, stop_at)
+    resumed = Trainer(make_config(slices, out, **over))
+    resumed.fit(resume=out)
+    assert resumed.step == straight.step
+    _assert_same_weights(straight, resumed)
+    return resumed
+
+
 def test_resume_is_exact_with_discriminator(tmp_path: Path, slices_path: Path) -> None:
     straight = Trainer(make_config(slices_path, tmp_path / "a"))
     straight.fit()
@@ -212,11 +224,7 @@ def test_warmup_rises_linearly_then_follows_the_cosine_and_resumes_exactly(tmp_p
     assert seen[0] < seen[1] and seen[-1] == pytest.approx(0.0, abs=1e-12)
     assert lr_factor("none", 6, 3, 10) == 1.0 and lr_factor("none", 6, 0, 0) == 1.0
 
-    half = Trainer(make_config(slices_path, tmp_path / "b", **over))
-    _interrupt_at(half, 2)  # inside the warm-up
-    resumed = Trainer(make_config(slices_path, tmp_path / "b", **over))
-    resumed.fit(resume=tmp_path / "b")
-    _assert_same_weights(straight, resumed)
+    _assert_resume_matches(straight, slices_path, tmp_path / "b", 2, **over)  # stopped inside the warm-up
 
 
 def test_mismatched_resume_is_refused(tmp_path: Path, slices_path: Path) -> None:
@@ -400,12 +408,8 @@ def test_channels_last_trains_in_that_layout_and_resumes_exactly(tmp_path: Path,
     straight.model.train()
     straight.fit()
 
-    half = Trainer(make_config(slices_path, tmp_path / "b", run=run, optim={"steps": 4}))
-    _interrupt_at(half, 2)
-    resumed = Trainer(make_config(slices_path, tmp_path / "b", run=run, optim={"steps": 4}))
-    resumed.fit(resume=tmp_path / "b")
+    resumed = _assert_resume_matches(straight, slices_path, tmp_path / "b", 2, run=run, optim={"steps": 4})
     assert resumed.step == 4
-    _assert_same_weights(straight, resumed)
 
 
 def test_lambda_lr_scale_moves_the_cg_lambdas_at_their_own_rate(tmp_path: Path, slices_path: Path) -> None:
@@ -440,11 +444,7 @@ def test_lambda_lr_scale_moves_the_cg_lambdas_at_their_own_rate(tmp_path: Path, 
     over["optim"]["steps"] = 4
     straight = Trainer(make_config(slices_path, tmp_path / "a", **over))
     straight.fit()
-    half = Trainer(make_config(slices_path, tmp_path / "b", **over))
-    _interrupt_at(half, 2)
-    resumed = Trainer(make_config(slices_path, tmp_path / "b", **over))
-    resumed.fit(resume=tmp_path / "b")
-    _assert_same_weights(straight, resumed)
+    _assert_resume_matches(straight, slices_path, tmp_path / "b", 2, **over)
 
 
 @pytest.mark.parametrize(
@@ -541,11 +541,7 @@ def test_lr_scales_give_named_parameters_their_own_rate(tmp_path: Path, slices_p
     over["optim"]["steps"] = 4
     straight = Trainer(make_config(slices_path, tmp_path / "a", **over))
     straight.fit()
-    half = Trainer(make_config(slices_path, tmp_path / "b", **over))
-    _interrupt_at(half, 2)
-    resumed = Trainer(make_config(slices_path, tmp_path / "b", **over))
-    resumed.fit(resume=tmp_path / "b")
-    _assert_same_weights(straight, resumed)
+    _assert_resume_matches(straight, slices_path, tmp_path / "b", 2, **over)
     plain = Trainer(make_config(slices_path, tmp_path / "c", **{**over, "optim": {"steps": 4}}))
     with pytest.raises(CheckpointError, match="lr_scales"):
         plain.resume(tmp_path / "b")
