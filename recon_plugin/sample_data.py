@@ -41,15 +41,19 @@ CHECKOUT_ONLY = (
 WEIGHTS_DIR = packaged_dir("weights", SAMPLE_DIR / "weights")
 #: The shipped Gadgetron protocols: ``recon_plugin/protocols`` in a wheel install, ``protocols`` in a checkout.
 PROTOCOLS_DIR = packaged_dir("protocols", _CHECKOUT / "protocols")
-#: The shipped default for multi-coil slices (docs/model_study.md): 10x2x32 with cg data consistency and one
-#: proximal per copy (independent weights), the final bundle of the campaign campaigns/cg_10x2x32i_mc_deep2: the ninth
-#: phase stage (``PHASE_BUNDLE``) deepened to two residual blocks per copy (the same function at its start) and
-#: trained in two stages (campaigns/cg_10x2x32i_mc_deep, then _deep2 with the new blocks at 20x the lr) on its data
-#: (scanner-like, 1-32 coils, both SIAT sets, the real scans' smooth image phase).
+#: The shipped default for multi-coil slices (docs/model_study.md): 10x3x32 with cg data consistency and one
+#: proximal per copy (independent weights), the final bundle of the campaign campaigns/cg_10x3x32i_mc_deep: the
+#: two-block default of 2026-12-06 (``TWO_BLOCK_BUNDLE``) deepened to three residual blocks per copy (the same
+#: function at its start) and trained 1200 steps with the new blocks at 20x the lr on its data (scanner-like, 1-32
+#: coils, both SIAT sets, the real scans' smooth image phase).
 #: The gadgets, ``recon-plugin demo``, ``recon-plugin bench`` and ``recon-train eval`` load it.
-DEFAULT_BUNDLE = WEIGHTS_DIR / "rgancs_cg_10x2x32i_mc_deep2"
+DEFAULT_BUNDLE = WEIGHTS_DIR / "rgancs_cg_10x3x32i_mc_deep"
+#: The default on 2026-12-06 before the third block (two residual blocks per copy, 0.8x the time a slice): the ninth
+#: phase stage (``PHASE_BUNDLE``) deepened to two blocks and trained in two stages (campaigns/cg_10x2x32i_mc_deep,
+#: then _deep2 with the new blocks at 20x the lr).
+TWO_BLOCK_BUNDLE = WEIGHTS_DIR / "rgancs_cg_10x2x32i_mc_deep2"
 #: The default until 2026-12-06 (one residual block per copy): the untied stage trained on with the real scans'
-#: smooth image phase in nine stages (campaigns/cg_10x1x32i_mc_phase9); the deeper default's starting point.
+#: smooth image phase in nine stages (campaigns/cg_10x1x32i_mc_phase9); the deeper defaults' starting point.
 PHASE_BUNDLE = WEIGHTS_DIR / "rgancs_cg_10x1x32i_mc_phase9"
 #: The default before the phase stage (campaigns/cg_10x1x32i_mc_untied, step 600); the LSGAN bundle's base.
 UNTIED_BUNDLE = WEIGHTS_DIR / "rgancs_cg_10x1x32i_mc"
