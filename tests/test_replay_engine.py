@@ -431,7 +431,9 @@ def test_hang_hits_the_timeout(raw_file: tuple[Path, list[ismrmrd.Acquisition]],
 @pytest.mark.parametrize(
     ("target", "module", "needle"),
     [
-        ("silent_crash", "replay_gadgets", r"exited with status 1.*RuntimeError: silent crash after the first image"),
+        # The package sends CLOSE before the process exits 1, but a socket closed with acquisitions still unread
+        # may reset the connection before CLOSE arrives: either way the exit status and the exception are named.
+        ("silent_crash", "replay_gadgets", r"exit(?:ed with)? status 1.*RuntimeError: silent crash after"),
         ("bad_message", "replay_gadgets", "illegal message id 999"),
         ("echo_images", "broken_gadgets", "ModuleNotFoundError"),
         ("to_next_step", "replay_gadgets", "sent no images"),
