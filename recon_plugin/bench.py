@@ -313,6 +313,7 @@ def hardware(device: torch.device) -> dict[str, Any]:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "device": str(device),
+        "cpu_native_bf16": cpu_has_native_bf16(),
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
@@ -513,6 +514,7 @@ def markdown(report: BenchReport) -> str:
         f"Measured {hw.get('date', '')} at commit `{hw.get('commit', '?')}` with "
         f"`recon-plugin bench{' --quick' if report.settings['quick'] else ''}` on: {hw['cpu']} "
         f"({hw['cpu_cores']} cores, {hw['torch_threads']} torch threads)"
+        + (", native bf16" if hw.get("cpu_native_bf16") else ", no native bf16")
         + (f", GPU {hw['gpu']}" if "gpu" in hw else ", no GPU")
         + f"; torch {hw['torch']}, BART {hw['bart']}. Model {report.settings['model']} "
         f"({report.settings['bundle']}), {report.settings['slices']} slices per case, "

@@ -89,7 +89,11 @@ def bench(
         console.print(f"[bold red]{type(exc).__name__}[/]: {exc}")
         raise typer.Exit(2) from exc
     head, rows = table_rows(report)
-    table = Table(title=f"bench: {report.settings['model']} on {report.hardware['device']}")
+    hw = report.hardware
+    title = f"bench: {report.settings['bundle']} ({report.settings['model']}) on {hw['device']}"
+    if hw["device"] == "cpu":  # the CPU class decides the default bundle and fast path
+        title += ", native bf16" if hw["cpu_native_bf16"] else ", no native bf16"
+    table = Table(title=title)
     for name in head:
         table.add_column(name, justify="left" if name in ("case", "method", "path", "note") else "right")
     for row in rows:

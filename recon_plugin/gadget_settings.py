@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ProtocolError
-from .sample_data import DEFAULT_BUNDLE, DEFAULT_BUNDLES, DEFAULT_SINGLE_COIL_BUNDLE
+from .sample_data import DEFAULT_BUNDLE, DEFAULT_BUNDLES, DEFAULT_SINGLE_COIL_BUNDLE, MODEL_BUNDLES
 
 #: Each method's image series number (ISMRMRD image_series_index), unless the protocol sets ``series_index``.
 SERIES_INDEX = {"zero_filled": 1, "rgancs": 2, "cs_wavelet": 3, "cs_tv": 4, "reference": 9}
@@ -60,6 +60,7 @@ PROPERTIES: dict[str, frozenset[str]] = {
     "rgancs": _COMMON
     | {
         "weights",
+        "model",
         "single_coil_weights",
         "fast_path",
         "batch_size",
@@ -122,8 +123,8 @@ class GadgetSettings:
 
     @classmethod
     def from_properties(cls, method: str, props: dict[str, str]) -> GadgetSettings:
-        """Parse properties (weights, device, batch_size, fast_path, phase_average, flip_average, adapt_steps, adapt_lr,
-        adapt_split, adapt_splits, adapt_scope, threads,
+        """Parse properties (weights, model, device, batch_size, fast_path, phase_average, flip_average, adapt_steps,
+        adapt_lr, adapt_split, adapt_splits, adapt_scope, threads,
         mask, retro_acceleration, seed, calib, calib_width, series_index, complex, reference; for BART CS: lambda,
         iterations, time_limit, workers); a bad value is a ProtocolError naming the property."""
         if method not in METHODS:
@@ -135,7 +136,7 @@ class GadgetSettings:
         retro = _retro_settings(props)
         return cls(
             method=method,
-            weights=Path(props["weights"]) if props.get("weights") else default_weights(props.get("device") or "auto"),
+            weights=_weights(props),
             single_coil_weights=_single_coil_weights(props),
             device=props.get("device", "auto") or "auto",
             fast_path=props.get("fast_path", "auto") or "auto",
@@ -158,6 +159,24 @@ class GadgetSettings:
             workers=_number(props, "workers", 2, int, minimum=1),
             threads=_threads(props),
         )
+
+
+#: Values of the ``model`` property: ``auto`` (the device's default, :func:`default_weights`) or a key of
+#: :data:`~recon_plugin.sample_data.MODEL_BUNDLES`.
+MODEL_CHOICES = ("auto", *MODEL_BUNDLES)
+
+
+def _weights(props: dict[str, str]) -> Path:
+    """The multi-coil bundle: ``weights`` (a path) or the ``model`` property's choice; both is a ProtocolError."""
+    path = props.get("weights", "").strip()
+    model = props.get("model", "").strip().lower() or "auto"
+    if model not in MODEL_CHOICES:
+        raise ProtocolError(f"property model={props['model']!r} must be one of {', '.join(MODEL_CHOICES)}")
+    if path and model != "auto":
+        raise ProtocolError(f"properties weights and model={model} both name a bundle; set one of them")
+    if path:
+        return Path(path)
+    return default_weights(props.get("device") or "auto", model)
 
 
 def _single_coil_weights(props: dict[str, str]) -> Path | None:
@@ -276,12 +295,20 @@ def _retro_settings(props: dict[str, str]) -> RetroSettings | None:
     )
 
 
-def default_weights(device: str = "auto") -> Path:
-    """The bundle a gadget loads without a ``weights`` property: :data:`DEFAULT_BUNDLES` for the device it will
-    run on (``auto``: CUDA when available). The choice is the model study's (docs/model_study.md)."""
+def default_weights(device: str = "auto", model: str = "auto") -> Path:
+    """The multi-coil bundle a gadget loads without a ``weights`` property: ``model``'s bundle
+    (:data:`MODEL_BUNDLES`), or for ``auto`` :data:`DEFAULT_BUNDLES` of the device class it will run on (``auto``
+    device: CUDA when available; a CPU is ``cpu_bf16`` when it computes bf16 in hardware). The choice is the model
+    study's (docs/model_study.md) and the speed budget's (docs/performance.md)."""
+    if model != "auto":
+        return MODEL_BUNDLES[model]
     on_gpu = device.startswith("cuda")
     if device == "auto":
         import torch  # here, not at module level: validating a protocol must not wait for torch
 
         on_gpu = torch.cuda.is_available()
-    return DEFAULT_BUNDLES["cuda" if on_gpu else "cpu"]
+    if on_gpu:
+        return DEFAULT_BUNDLES["cuda"]
+    from .cpu_features import native_bf16
+
+    return DEFAULT_BUNDLES["cpu_bf16" if native_bf16() else "cpu"]

@@ -148,13 +148,14 @@ def _adapt_settings(settings: GadgetSettings) -> AdaptSettings:
 
 
 def default_rgancs(
-    device: str = "auto", weights: str | Path | None = None, adapt: AdaptSettings | None = None
+    device: str = "auto", weights: str | Path | None = None, adapt: AdaptSettings | None = None, model: str = "auto"
 ) -> Reconstructor:
     """RGANCS as a gadget without properties runs it: ``weights`` (default :func:`default_weights`) for every
-    slice, or, without ``weights``, the default bundle for multi-coil and the single-coil default for single-coil
-    slices; ``adapt`` as the ``adapt_steps`` / ``adapt_lr`` / ``adapt_split`` / ``adapt_splits`` / ``adapt_scope``
-    properties would set it (any other field away from its default is an InvalidInputError: no property carries it)."""
-    props = {"device": device}
+    slice, or, without ``weights``, the default bundle for multi-coil (``model``: ``auto`` by device, ``accurate``
+    or ``fast``) and the single-coil default for single-coil slices; ``adapt`` as the ``adapt_steps`` /
+    ``adapt_lr`` / ``adapt_split`` / ``adapt_splits`` / ``adapt_scope`` properties would set it (any other field
+    away from its default is an InvalidInputError: no property carries it)."""
+    props = {"device": device, "model": model}
     if weights is not None:
         props["weights"] = str(weights)
     if adapt is not None and adapt.enabled:

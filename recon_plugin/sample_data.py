@@ -63,8 +63,14 @@ CAMPAIGN_STAGE1_BUNDLE = WEIGHTS_DIR / "rgancs_cg_10x1x32_mc"
 GAN_BUNDLE = WEIGHTS_DIR / "rgancs_cg_10x1x32i_mc_gan"
 #: The default before the campaign (1000 steps on SIAT slices 1-140, 4-12 coils): kept for comparison.
 PREVIOUS_MULTICOIL_BUNDLE = WEIGHTS_DIR / "rgancs_cg_10x1x32_multicoil"
-#: Default bundle per device type. The same model on both: no GPU-trained model beats it yet (docs/model_study.md).
-DEFAULT_BUNDLES = {"cpu": DEFAULT_BUNDLE, "cuda": DEFAULT_BUNDLE}
+#: The multi-coil bundle for each ``model`` property value: ``accurate`` (the three-block default) and ``fast`` (the
+#: one-block bundle, about half the time a slice: on an AVX2-only CPU the three-block one ran 10.2x faster than BART
+#: CS-WV and this one 18.3x, ``recon-plugin bench --quick``, docs/performance.md).
+MODEL_BUNDLES = {"accurate": DEFAULT_BUNDLE, "fast": PHASE_BUNDLE}
+#: Default multi-coil bundle per device class (``model`` = ``auto``): a CUDA GPU or a CPU with native bf16
+#: (``cpu_bf16``: AVX512-BF16 or AMX) runs the accurate one within the speed budget (>= 15x BART CS-WV per 256x256
+#: 8-coil slice); any other CPU (``cpu``: fp32 convolutions) the fast one. No GPU-trained model beats them yet.
+DEFAULT_BUNDLES = {"cuda": DEFAULT_BUNDLE, "cpu_bf16": DEFAULT_BUNDLE, "cpu": PHASE_BUNDLE}
 #: Demoted (loses to CS everywhere): a small single-coil model kept as a fast fixture for tests and examples.
 DEMO_BUNDLE = WEIGHTS_DIR / "rgancs_demo_cpu"
 #: The paper's 10x1x128 architecture (shared weights) trained on single-coil SIAT slices (600 steps of 4 crops,

@@ -19,12 +19,14 @@ Sets (all with the same masks and ESPIRiT maps for every method; mask seeds from
   384x384, with 8 simulated coils (written once under ``--cache``).
 
 Method groups: ``baselines`` (zero-filled, CS-WV, CS-TV; CS-WV alone in the coil and size sweeps), ``default``
-(RGANCS as the gadgets load it, routed by coil count) and one group per ``--bundle NAME=PATH``; ``--adapt
-NAME=STEPS[@LR][/SPLIT[/SPLITS]]`` runs group NAME's RGANCS with ``--adapt-steps STEPS``, ``--adapt-lr LR``,
-``--adapt-split SPLIT`` and ``--adapt-splits SPLITS`` (scan-specific adaptation of each slice, e.g. ``40/points/2``
-for the settings before the fifth session of 2026-12-05; a NAME without a ``--bundle`` is the default's
-weights); ``--exam NAME=N`` makes that adaptation one copy per exam of N consecutive slices (``--adapt-scope exam
---exam-size N``; 10 for the SIAT sets is one copy per scan). A JSON that exists is kept (delete it to rerun).
+(RGANCS as the gadgets load it, routed by coil count, with ``model`` = ``accurate``: the same bundle on every CPU,
+where the gadgets on a CPU without native bf16 would load the fast one) and one group per ``--bundle NAME=PATH``;
+``--adapt NAME=STEPS[@LR][/SPLIT[/SPLITS]]`` runs group NAME's RGANCS with ``--adapt-steps STEPS``, ``--adapt-lr
+LR``, ``--adapt-split SPLIT`` and ``--adapt-splits SPLITS`` (scan-specific adaptation of each slice, e.g.
+``40/points/2`` for the settings before the fifth session of 2026-12-05; a NAME without a ``--bundle`` is the
+default's weights); ``--exam NAME=N`` makes that adaptation one copy per exam of N consecutive slices
+(``--adapt-scope exam --exam-size N``; 10 for the SIAT sets is one copy per scan). A JSON that exists is kept
+(delete it to rerun).
 """
 
 from __future__ import annotations
@@ -169,8 +171,8 @@ def main() -> None:
                 extra = ["--methods", "zero_filled,cs_wavelet" if sweep else "zero_filled,cs_wavelet,cs_tv"]
             elif group in bundles:
                 extra = ["--methods", "rgancs", "--bundle", bundles[group]]
-            else:  # "default", or an adapted group of the default's weights
-                extra = ["--methods", "rgancs"]
+            else:  # "default", or an adapted group of the default's weights: the accurate model on every CPU
+                extra = ["--methods", "rgancs", "--model", "accurate"]
             if group in adapt:
                 extra += adapt_options(adapt[group])
             if group in exams:

@@ -22,7 +22,7 @@ from recon_plugin.bench import (
 from recon_plugin.coils import bart_available
 from recon_plugin.errors import FastPathError
 from recon_plugin.model import ModelConfig
-from recon_plugin.reconstructors.fast_paths import default_fast_path
+from recon_plugin.reconstructors.fast_paths import cpu_has_native_bf16, default_fast_path
 from recon_plugin.sample_data import DEMO_BUNDLE
 
 
@@ -107,7 +107,9 @@ def test_quick_cli_prints_the_table_and_writes_json(tmp_path: Path) -> None:
     default = default_fast_path(torch.device("cpu")).name
     assert {r["path"] for r in data["rows"] if r["method"] == "rgancs"} == {"fp32", default}
     assert data["cold_start_s"]["fp32"] > 0  # a fresh process really reconstructed a slice
-    assert "bench: 10x1x32 on cpu" in res.output and MARK_START in doc.read_text()
+    cpu_class = "native bf16" if cpu_has_native_bf16() else "no native bf16"
+    assert f"bench: {DEMO_BUNDLE.name} (10x1x32) on cpu, {cpu_class}" in res.output
+    assert data["hardware"]["cpu_native_bf16"] is cpu_has_native_bf16() and MARK_START in doc.read_text()
 
 
 def test_quick_mode_times_the_256x256_8_coil_case_and_the_default_path() -> None:

@@ -10,10 +10,10 @@ import pytest
 
 from recon_plugin.errors import BundleError, ProtocolError
 from recon_plugin.masks import make_mask
-from recon_plugin.pipeline import GadgetSettings, build_reconstructor, default_rgancs
+from recon_plugin.pipeline import GadgetSettings, build_reconstructor, default_rgancs, default_weights
 from recon_plugin.problem import Problem
 from recon_plugin.reconstructors import RGANCS, CoilRoutedRGANCS
-from recon_plugin.sample_data import DEFAULT_BUNDLES, DEFAULT_SINGLE_COIL_BUNDLE, DEMO_BUNDLE
+from recon_plugin.sample_data import DEFAULT_SINGLE_COIL_BUNDLE, DEMO_BUNDLE, MODEL_BUNDLES
 from recon_plugin.simulate import birdcage_coil_maps
 
 
@@ -28,13 +28,13 @@ def problem(coils: int, shape: tuple[int, int] = (32, 32), seed: int = 0) -> Pro
 
 def test_defaults_route_single_coil_slices_to_the_single_coil_bundle() -> None:
     settings = GadgetSettings.from_properties("rgancs", {"device": "cpu"})
-    assert settings.weights == DEFAULT_BUNDLES["cpu"] and settings.single_coil_weights == DEFAULT_SINGLE_COIL_BUNDLE
+    assert settings.weights == default_weights("cpu") and settings.single_coil_weights == DEFAULT_SINGLE_COIL_BUNDLE
     recon = build_reconstructor(settings)
     assert isinstance(recon, CoilRoutedRGANCS) and recon.name == "rgancs"
     problems = [problem(4, seed=1), problem(1, seed=2), problem(8, seed=3), problem(1, seed=4)]
     results = recon.reconstruct_batch(problems)
     models = [r.meta["model"] for r in results]
-    single, multi = DEFAULT_SINGLE_COIL_BUNDLE.name, DEFAULT_BUNDLES["cpu"].name
+    single, multi = DEFAULT_SINGLE_COIL_BUNDLE.name, default_weights("cpu").name
     assert single != multi
     assert models == [multi, single, multi, single]  # in the order of the problems
     alone = RGANCS(DEFAULT_SINGLE_COIL_BUNDLE, device="cpu").reconstruct(problems[1])
@@ -77,5 +77,8 @@ def test_eval_default_is_routed_and_records_both_bundles(tmp_path: Path) -> None
     np.save(tmp_path / "img.npy", ellipse_slices(2, 32).astype(np.complex64))
     report = run_eval(tmp_path / "img.npy", methods="rgancs", device="cpu", calib=8)
     assert report.settings["single_coil_bundle"].endswith(DEFAULT_SINGLE_COIL_BUNDLE.name)
-    assert report.settings["bundle"].endswith(DEFAULT_BUNDLES["cpu"].name)
+    assert report.settings["bundle"].endswith(default_weights("cpu").name)
+    for model, bundle in MODEL_BUNDLES.items():  # --model: the property's choice, whatever this CPU is
+        chosen = run_eval(tmp_path / "img.npy", methods="rgancs", device="cpu", calib=8, model=model, slices="0:1")
+        assert chosen.settings["bundle"].endswith(bundle.name), model
     assert {r["method"] for r in report.rows} == {"rgancs"}

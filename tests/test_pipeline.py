@@ -65,16 +65,43 @@ def test_models_stay_resident():
     assert build_reconstructor(s) is build_reconstructor(s)
 
 
-def test_default_weights_follow_the_device():
+def test_default_weights_follow_the_device(monkeypatch):
+    import recon_plugin.cpu_features as cpu_features
     from recon_plugin.pipeline import default_weights
     from recon_plugin.sample_data import DEFAULT_BUNDLES
 
-    assert default_weights("cpu") == DEFAULT_BUNDLES["cpu"]
+    here = DEFAULT_BUNDLES["cpu_bf16" if cpu_features.native_bf16() else "cpu"]
+    assert default_weights("cpu") == here
     assert default_weights("cuda") == default_weights("cuda:1") == DEFAULT_BUNDLES["cuda"]
-    auto = DEFAULT_BUNDLES["cuda" if torch.cuda.is_available() else "cpu"]
+    auto = DEFAULT_BUNDLES["cuda"] if torch.cuda.is_available() else here
     assert default_weights("auto") == auto
-    assert GadgetSettings.from_properties("rgancs", {"device": "cpu"}).weights == DEFAULT_BUNDLES["cpu"]
+    assert GadgetSettings.from_properties("rgancs", {"device": "cpu"}).weights == here
     assert GadgetSettings.from_properties("rgancs", {}).weights == auto
+    for native, key in ((True, "cpu_bf16"), (False, "cpu")):  # the CPU class decides, whatever this machine is
+        monkeypatch.setattr(cpu_features, "native_bf16", lambda native=native: native)
+        assert default_weights("cpu") == DEFAULT_BUNDLES[key]
+        assert default_weights("cuda") == DEFAULT_BUNDLES["cuda"]
+    assert DEFAULT_BUNDLES["cpu"] != DEFAULT_BUNDLES["cpu_bf16"] == DEFAULT_BUNDLES["cuda"]
+
+
+def test_model_property_picks_the_packaged_bundle_and_rejects_typos_and_conflicts(tmp_path):
+    from recon_plugin.sample_data import MODEL_BUNDLES
+
+    for model, bundle in MODEL_BUNDLES.items():
+        for device in ("cpu", "cuda"):
+            settings = GadgetSettings.from_properties("rgancs", {"device": device, "model": model.upper()})
+            assert settings.weights == bundle
+    assert MODEL_BUNDLES["accurate"] != MODEL_BUNDLES["fast"]
+    auto = GadgetSettings.from_properties("rgancs", {"device": "cpu", "model": "auto"})
+    assert auto.weights == GadgetSettings.from_properties("rgancs", {"device": "cpu"}).weights
+    with pytest.raises(ProtocolError, match=r"model='acurate' must be one of auto, accurate, fast"):
+        GadgetSettings.from_properties("rgancs", {"model": "acurate"})
+    with pytest.raises(ProtocolError, match="weights and model=fast both name a bundle"):
+        GadgetSettings.from_properties("rgancs", {"model": "fast", "weights": str(tmp_path)})
+    with pytest.raises(ProtocolError, match="unknown property model"):
+        GadgetSettings.from_properties("cs_wavelet", {"model": "fast"})
+    same = GadgetSettings.from_properties("rgancs", {"model": "auto", "weights": str(tmp_path)})
+    assert same.weights == tmp_path
 
 
 def test_default_bundles_load_and_are_the_multicoil_cg_model():

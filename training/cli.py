@@ -87,6 +87,9 @@ def evaluate(
         ),
     ],
     bundle: Annotated[Path | None, typer.Option(help="model bundle (default: the one the gadgets load here)")] = None,
+    model: Annotated[
+        str, typer.Option(help="without --bundle: the gadgets' model property (auto: by device; accurate; fast)")
+    ] = "auto",
     mask_family: Annotated[str, typer.Option(help="radial | poisson | lines | uniform")] = "radial",
     acceleration: Annotated[float, typer.Option(help="requested acceleration R")] = 5.0,
     calib: Annotated[
@@ -161,6 +164,7 @@ def evaluate(
             **{k: v for k, v in {"split": adapt_split, "splits": adapt_splits}.items() if v is not None},
         ),
         exam_size=exam_size,
+        model=model,
     )
     s = report.settings
     title = (

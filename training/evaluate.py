@@ -383,10 +383,11 @@ def build_methods(
     device: str = "auto",
     workers: int = 1,
     adapt: AdaptSettings | None = None,
+    model: str = "auto",
 ) -> list[Reconstructor]:
     """Reconstructors for ``names`` (BART CS at its tuned lambdas; RGANCS from ``bundle`` or the default weights
-    for ``device``, adapted to each slice when ``adapt`` has steps). BartNotFoundError when a BART method is asked
-    for without BART, BundleError for a bad bundle."""
+    for ``device`` and the ``model`` property's value, adapted to each slice when ``adapt`` has steps).
+    BartNotFoundError when a BART method is asked for without BART, BundleError for a bad bundle."""
     from recon_plugin.reconstructors import RGANCS, BartCS, ZeroFilled
 
     out: list[Reconstructor] = []
@@ -399,7 +400,7 @@ def build_methods(
             if bundle is None:  # the gadgets' default: routed by coil count
                 from recon_plugin.pipeline import default_rgancs
 
-                out.append(default_rgancs(device, adapt=adapt))
+                out.append(default_rgancs(device, adapt=adapt, model=model))
             else:
                 out.append(RGANCS(bundle, device=device, adapt=adapt))
     return out
@@ -436,9 +437,11 @@ def run_eval(
     mask_file: str | Path | None = None,
     adapt: AdaptSettings | None = None,
     exam_size: int | None = None,
+    model: str = "auto",
 ) -> EvalReport:
     """Open the data, make the masks (or take ``mask_file``'s for every slice), build the methods, estimate the
-    maps once per slice, compare (the slices as exams of ``exam_size`` consecutive ones; None: one exam)."""
+    maps once per slice, compare (the slices as exams of ``exam_size`` consecutive ones; None: one exam). Without a
+    ``bundle``, RGANCS is the gadgets' default for ``model`` (auto, accurate or fast) on ``device``."""
     method_names = parse_methods(methods)
     calib = resolve_calib(family, calib)
     source = open_data(data, names)
@@ -459,7 +462,7 @@ def run_eval(
         if mask_file is None
         else file_masks(mask_file, selected)
     )
-    reconstructors = build_methods(method_names, bundle, iterations, device, workers, adapt)
+    reconstructors = build_methods(method_names, bundle, iterations, device, workers, adapt, model)
     log.info("%d %s slices from %s; estimating coil maps", len(selected), source.kind, source.path)
     cases = build_cases(source.kind, selected, masks, n_coils)
     rows = compare(cases, reconstructors, exam_size)
