@@ -20,7 +20,7 @@ from typing import Annotated, NoReturn
 import typer
 
 from .console import error_line
-from .sample_data import DEFAULT_BUNDLE, PROTOCOLS_DIR, WEIGHTS_DIR
+from .sample_data import DEFAULT_BUNDLE, MODEL_BUNDLES, PROTOCOLS_DIR, WEIGHTS_DIR
 
 protocols_app = typer.Typer(
     add_completion=False,
@@ -143,7 +143,11 @@ def list_command() -> None:
     targets = max((len(", ".join(p.targets)) for p in protocols), default=0)
     for p in protocols:
         typer.echo(f"  {p.name:<{width}}  {', '.join(p.targets):<{targets}}  {p.description}")
-    typer.echo(f"model bundles in {WEIGHTS_DIR} (default: {DEFAULT_BUNDLE.name})")
+    fast = MODEL_BUNDLES["fast"].name
+    typer.echo(
+        f"model bundles in {WEIGHTS_DIR} (multi-coil default: {DEFAULT_BUNDLE.name} on a GPU or a CPU with native bf16,"
+        f" {fast} on other CPUs: the rgancs property model)"
+    )
 
 
 @protocols_app.command("path")
