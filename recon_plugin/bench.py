@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import cpu_features
 from .errors import BartFailedError, BartNotFoundError, InvalidInputError, ReconError
 from .masks import make_mask
 from .metrics import snr_db
@@ -37,7 +38,7 @@ from .model import ModelConfig, load_bundle
 from .problem import Problem
 from .reconstructors import RGANCS, ZeroFilled
 from .reconstructors.base import resolve_device
-from .reconstructors.fast_paths import SNR_TOLERANCE_DB, FastPath, cpu_has_native_bf16, default_fast_path
+from .reconstructors.fast_paths import SNR_TOLERANCE_DB, FastPath, default_fast_path
 from .sample_data import load_colin_slices
 from .simulate import simulate_problem, simulated_coil_maps, with_smooth_phase
 
@@ -313,7 +314,7 @@ def hardware(device: torch.device) -> dict[str, Any]:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "device": str(device),
-        "cpu_native_bf16": cpu_has_native_bf16(),
+        "cpu_native_bf16": cpu_features.native_bf16(),
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
@@ -349,7 +350,7 @@ def default_paths(device: torch.device, quick: bool) -> list[str]:
         paths = ["fp32", "channels_last", "compile"]
         if torch.backends.mkldnn.is_available():
             paths.insert(2, "mkldnn")
-        if cpu_has_native_bf16():
+        if cpu_features.native_bf16():
             paths[1:1] = ["bf16", "bf16+channels_last"]
     return paths
 

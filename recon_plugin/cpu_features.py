@@ -22,12 +22,23 @@ def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> frozenset[str] | None:
     return frozenset()
 
 
+def torch_native_bf16() -> bool:
+    """torch's own probe of the same instructions (imports torch)."""
+    import torch
+
+    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        check = getattr(torch.cpu, probe, None)
+        if check is not None and check():
+            return True
+    return False
+
+
 @functools.cache
 def native_bf16() -> bool:
-    """Whether this CPU computes bf16 in hardware; where the flags cannot be read, torch's own probe answers."""
+    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX tiles): the one answer behind both the
+    gadgets' default bundle and the fast paths' choice. Read from the CPU's flags; where those cannot be read,
+    torch's own probe answers."""
     flags = cpu_flags()
     if flags is not None:
         return bool(flags & NATIVE_BF16_FLAGS)
-    from .reconstructors.fast_paths import cpu_has_native_bf16
-
-    return cpu_has_native_bf16()
+    return torch_native_bf16()

@@ -20,7 +20,7 @@ from typing import Annotated, NoReturn
 import typer
 
 from .console import error_line
-from .sample_data import DEFAULT_BUNDLE, MODEL_BUNDLES, PROTOCOLS_DIR, WEIGHTS_DIR
+from .sample_data import DEFAULT_BUNDLES, DEVICE_CLASSES, PROTOCOLS_DIR, WEIGHTS_DIR
 
 protocols_app = typer.Typer(
     add_completion=False,
@@ -143,11 +143,11 @@ def list_command() -> None:
     targets = max((len(", ".join(p.targets)) for p in protocols), default=0)
     for p in protocols:
         typer.echo(f"  {p.name:<{width}}  {', '.join(p.targets):<{targets}}  {p.description}")
-    fast = MODEL_BUNDLES["fast"].name
-    typer.echo(
-        f"model bundles in {WEIGHTS_DIR} (multi-coil default: {DEFAULT_BUNDLE.name} on a GPU or a CPU with native bf16,"
-        f" {fast} on other CPUs: the rgancs property model)"
-    )
+    by_bundle: dict[str, list[str]] = {}
+    for device_class, bundle in DEFAULT_BUNDLES.items():
+        by_bundle.setdefault(bundle.name, []).append(DEVICE_CLASSES[device_class])
+    defaults = ", ".join(f"{name} on {' or '.join(classes)}" for name, classes in by_bundle.items())
+    typer.echo(f"model bundles in {WEIGHTS_DIR} (multi-coil default: {defaults}: the rgancs property model)")
 
 
 @protocols_app.command("path")

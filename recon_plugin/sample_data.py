@@ -71,6 +71,8 @@ MODEL_BUNDLES = {"accurate": DEFAULT_BUNDLE, "fast": PHASE_BUNDLE}
 #: (``cpu_bf16``: AVX512-BF16 or AMX) runs the accurate one within the speed budget (>= 15x BART CS-WV per 256x256
 #: 8-coil slice); any other CPU (``cpu``: fp32 convolutions) the fast one. No GPU-trained model beats them yet.
 DEFAULT_BUNDLES = {"cuda": DEFAULT_BUNDLE, "cpu_bf16": DEFAULT_BUNDLE, "cpu": PHASE_BUNDLE}
+#: The device classes of :data:`DEFAULT_BUNDLES` in words (``recon-plugin protocols list``).
+DEVICE_CLASSES = {"cuda": "a GPU", "cpu_bf16": "a CPU with native bf16", "cpu": "other CPUs"}
 #: Demoted (loses to CS everywhere): a small single-coil model kept as a fast fixture for tests and examples.
 DEMO_BUNDLE = WEIGHTS_DIR / "rgancs_demo_cpu"
 #: The paper's 10x1x128 architecture (shared weights) trained on single-coil SIAT slices (600 steps of 4 crops,

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from recon_plugin import cpu_features
 from recon_plugin.bench import (
     MARK_END,
     MARK_START,
@@ -22,7 +23,7 @@ from recon_plugin.bench import (
 from recon_plugin.coils import bart_available
 from recon_plugin.errors import FastPathError
 from recon_plugin.model import ModelConfig
-from recon_plugin.reconstructors.fast_paths import cpu_has_native_bf16, default_fast_path
+from recon_plugin.reconstructors.fast_paths import default_fast_path
 from recon_plugin.sample_data import DEMO_BUNDLE
 
 
@@ -107,9 +108,9 @@ def test_quick_cli_prints_the_table_and_writes_json(tmp_path: Path) -> None:
     default = default_fast_path(torch.device("cpu")).name
     assert {r["path"] for r in data["rows"] if r["method"] == "rgancs"} == {"fp32", default}
     assert data["cold_start_s"]["fp32"] > 0  # a fresh process really reconstructed a slice
-    cpu_class = "native bf16" if cpu_has_native_bf16() else "no native bf16"
+    cpu_class = "native bf16" if cpu_features.native_bf16() else "no native bf16"
     assert f"bench: {DEMO_BUNDLE.name} (10x1x32) on cpu, {cpu_class}" in res.output
-    assert data["hardware"]["cpu_native_bf16"] is cpu_has_native_bf16() and MARK_START in doc.read_text()
+    assert data["hardware"]["cpu_native_bf16"] is cpu_features.native_bf16() and MARK_START in doc.read_text()
 
 
 def test_quick_mode_times_the_256x256_8_coil_case_and_the_default_path() -> None:
@@ -123,11 +124,9 @@ def test_quick_mode_times_the_256x256_8_coil_case_and_the_default_path() -> None
 @pytest.mark.parametrize("native", [True, False])
 def test_cpu_bf16_paths_only_where_the_cpu_has_native_bf16(monkeypatch: pytest.MonkeyPatch, native: bool) -> None:
     """bf16 is emulated (tens of times slower) on CPUs without AVX512-BF16/AMX: never timed or defaulted there."""
-    from recon_plugin import bench
-    from recon_plugin.reconstructors import fast_paths
+    from recon_plugin import bench, cpu_features
 
-    monkeypatch.setattr(bench, "cpu_has_native_bf16", lambda: native)
-    monkeypatch.setattr(fast_paths, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(cpu_features, "native_bf16", lambda: native)
     cpu = torch.device("cpu")
     full = bench.default_paths(cpu, quick=False)
     assert any("bf16" in p for p in full) == native

@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 
 from recon_plugin import cpu_features
-from recon_plugin.reconstructors.fast_paths import cpu_has_native_bf16
 
 
 def test_flags_are_read_from_cpuinfo(tmp_path: Path) -> None:
@@ -39,7 +38,7 @@ def test_native_bf16_needs_a_bf16_flag(
         cpu_features.native_bf16.cache_clear()
 
 
-def test_the_probe_agrees_with_torch_on_this_machine() -> None:
-    """The gadgets' bundle choice (this probe) and the fast path's (torch's) must name the same CPU class."""
+def test_the_flags_agree_with_torch_on_this_machine() -> None:
+    """The CPU's flags (read without torch) and torch's own probe name the same CPU class here."""
     cpu_features.native_bf16.cache_clear()
-    assert cpu_features.native_bf16() == cpu_has_native_bf16()
+    assert cpu_features.native_bf16() == cpu_features.torch_native_bf16()

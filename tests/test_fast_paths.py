@@ -69,11 +69,11 @@ def test_parse_names_and_defaults() -> None:
 
 
 def test_cpu_default_follows_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    from recon_plugin.reconstructors import fast_paths
+    from recon_plugin import cpu_features
 
-    monkeypatch.setattr(fast_paths, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(cpu_features, "native_bf16", lambda: True)
     assert default_fast_path(CPU).name == "bf16+channels_last"
-    monkeypatch.setattr(fast_paths, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(cpu_features, "native_bf16", lambda: False)
     assert default_fast_path(CPU).name == "mkldnn"  # oneDNN's blocked fp32 convolutions where bf16 is emulated
     monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
     assert default_fast_path(CPU).name == "fp32"

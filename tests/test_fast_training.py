@@ -93,13 +93,13 @@ def test_network_gradients_unchanged_and_init_has_no_graph() -> None:
 
 
 def test_bf16_auto_follows_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    import recon_plugin.reconstructors.fast_paths as fast_paths
+    from recon_plugin import cpu_features
 
     cpu = torch.device("cpu")
     assert resolve_bf16(True, cpu) is True and resolve_bf16(False, cpu) is False
-    monkeypatch.setattr(fast_paths, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(cpu_features, "native_bf16", lambda: False)
     assert resolve_bf16("auto", cpu) is False
-    monkeypatch.setattr(fast_paths, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(cpu_features, "native_bf16", lambda: True)
     assert resolve_bf16("auto", cpu) is True
     assert resolve_bf16("auto", torch.device("cuda")) is True
 

@@ -35,3 +35,14 @@ def test_replay_takes_a_packaged_name_and_names_a_typo(tmp_path: Path) -> None:
     good = CliRunner().invoke(app, [*args, "--protocol", "zero_filled_retro5x"])
     assert good.exit_code == 0, good.output
     assert (tmp_path / "o.h5").is_file()
+
+
+def test_list_names_the_default_bundle_of_every_device_class(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`protocols list` reads the device-class defaults from the table the gadgets use, not from its own words."""
+    from recon_plugin import sample_data
+
+    table = {"cuda": Path("gpu_model"), "cpu_bf16": Path("bf16_model"), "cpu": Path("gpu_model")}
+    monkeypatch.setattr("recon_plugin.protocols_cli.DEFAULT_BUNDLES", table)
+    out = CliRunner().invoke(app, ["protocols", "list"]).output
+    assert "gpu_model on a GPU or other CPUs, bf16_model on a CPU with native bf16" in out
+    assert set(sample_data.DEVICE_CLASSES) == set(sample_data.DEFAULT_BUNDLES)

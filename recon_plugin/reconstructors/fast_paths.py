@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from .. import cpu_features
 from ..errors import FastPathError
 from ..model import RecurrentProximalNet
 from ..model.precision import FullPrecisionOperator
@@ -90,20 +91,11 @@ DEFAULTS = {
 }
 
 
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX tiles)."""
-    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
-        check = getattr(torch.cpu, probe, None)
-        if check is not None and check():
-            return True
-    return False
-
-
 def default_fast_path(device: torch.device) -> FastPath:
     """The default fast path for ``device``."""
     if device.type == "cuda":
         return DEFAULTS["cuda"]
-    if cpu_has_native_bf16():
+    if cpu_features.native_bf16():
         return DEFAULTS["cpu_bf16"]
     return DEFAULTS["cpu"] if torch.backends.mkldnn.is_available() else FastPath()
 
