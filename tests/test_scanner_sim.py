@@ -23,6 +23,7 @@ from training.datasets.scanner_sim import (
     CoilModel,
     MaskSpec,
     ScannerSimulation,
+    contrast_remap,
     correlated_noise,
     draw_mask,
     kspace_taper,
@@ -200,6 +201,47 @@ def test_smoothed_draws_follow_the_fraction_and_explain_their_data():
         simulation(smooth_fraction=0.5, smooth_range=(0.0, 0.2))
 
 
+def test_contrast_remap_keeps_phase_zero_and_peak_and_can_reorder_tissues():
+    rng = np.random.default_rng(0)
+    mag = np.array([[0.0, 0.2, 0.5, 1.0]])
+    img = (mag * np.exp(1j * rng.uniform(-3, 3, mag.shape))).astype(np.complex64)
+    out = contrast_remap(img, 2.0, 0.0, 1.0, 0.0)  # a plain power curve
+    np.testing.assert_allclose(np.abs(out), [[0.0, 0.04, 0.25, 1.0]], atol=1e-6)
+    keep = mag > 0
+    np.testing.assert_allclose(np.angle(out[keep]), np.angle(img[keep]), atol=1e-5)
+    rippled = np.abs(contrast_remap(img, 1.0, 0.5, 1.0, 0.0))  # m (1 + 0.5 sin(2 pi m)) / 1.5
+    assert rippled[0, 0] == 0 and rippled[0, 3] == pytest.approx(1.0 / 1.5, rel=1e-5)
+    assert rippled[0, 1] > 0 and rippled[0, 2] == pytest.approx(0.5 / 1.5, rel=1e-5)
+    order = np.abs(contrast_remap(img, 1.0, 0.9, 0.75, 0.0))  # strong ripple: 0.5 ends above 1.0
+    assert order[0, 2] > order[0, 3]
+    for gamma, ripple in ((0.0, 0.1), (1.0, 1.0), (1.0, -0.1)):
+        with pytest.raises(InvalidInputError):
+            contrast_remap(img, gamma, ripple, 1.0, 0.0)
+    assert not contrast_remap(np.zeros((2, 2), np.complex64), 2.0, 0.3, 1.0, 0.0).any()
+
+
+def test_contrast_draws_follow_the_fraction_and_explain_their_data():
+    images = textured_slices(4)
+    quiet = {"noise_range": (0.0, 0.0)}
+    plain = ImageArraySlices(images, scanner=simulation(**quiet), seed=3, augment=False)
+    off = ImageArraySlices(images, scanner=simulation(**quiet, contrast_fraction=0.0), seed=3, augment=False)
+    a, b = plain.batch([0, 1, 2]), off.batch([0, 1, 2])
+    assert torch.equal(a.y, b.y) and not any(d["contrast"] for d in off.last_draws)  # 0: nothing drawn
+    on = ImageArraySlices(
+        images, scanner=simulation(**quiet, contrast_fraction=1.0, contrast_gamma=(2.0, 3.0)), seed=3, augment=False
+    )
+    c = on.batch([0, 1, 2])
+    assert all(d["contrast"] for d in on.last_draws)
+    for remapped, plain_x in zip(c.x.numpy(), a.x.numpy(), strict=True):
+        assert not np.allclose(np.abs(remapped), np.abs(plain_x), rtol=0.05, atol=0.05)
+    residual = (c.op.forward(c.x) - c.y).norm() / c.y.norm()  # the remapped image is what was measured
+    assert float(residual) < 0.1
+    with pytest.raises(InvalidInputError, match="contrast_gamma"):
+        simulation(contrast_fraction=0.5, contrast_gamma=(0.0, 2.0))
+    with pytest.raises(InvalidInputError, match="contrast_fraction"):
+        simulation(contrast_fraction=1.5)
+
+
 def _realness(x: np.ndarray) -> float:
     """|sum x^2| / sum |x|^2 over the object: 1 for an image that is real up to one global phase."""
     v = x[np.abs(x) > 0.1 * np.abs(x).max()]
@@ -312,6 +354,9 @@ def test_scanner_config_keys_are_checked(tmp_path: Path):
         ({"smooth_fraction": -0.1}, "[data].smooth_fraction"),
         ({"smooth_range": [0.5, 0.2]}, "[data].smooth_range"),
         ({"smooth_range": [0.0, 0.2]}, "[data].smooth_range"),
+        ({"contrast_fraction": 1.1}, "[data].contrast_fraction"),
+        ({"contrast_gamma": [2.0, 0.5]}, "[data].contrast_gamma"),
+        ({"contrast_gamma": [0.0, 0.5]}, "[data].contrast_gamma"),
         ({"phase_fraction": 2.0}, "[data].phase_fraction"),
         ({"phase_radians": -1.0}, "[data].phase_radians"),
         ({"phase_grids": [4, 1]}, "[data].phase_grids"),
@@ -322,7 +367,7 @@ def test_scanner_config_keys_are_checked(tmp_path: Path):
     raw = scanner_raw(path, tmp_path / "run", simulation="simple")
     with pytest.raises(TrainingConfigError, match="only used with simulation"):
         config_from_dict(raw)
-    for key in ("smooth_fraction", "phase_fraction"):
+    for key in ("smooth_fraction", "contrast_fraction", "phase_fraction"):
         raw = scanner_raw(path, tmp_path / "run", simulation="simple")
         for k in ("mask_mixture", "uniform_calib", "coil_range", "noise_range"):
             raw["data"].pop(k, None)

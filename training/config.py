@@ -15,7 +15,8 @@ file's folder. Whether the data exist is checked when the Trainer is built, not 
   ``noise_range``, masks from ``mask_mixture`` entries like "radial:4-8" / "uniform:2-4" with
   ``uniform_calib`` ACS lines, maps estimated from each example's ACS when ``estimate_maps``, a share
   ``smooth_fraction`` of the images smoothed by a Gaussian k-space taper of width in ``smooth_range``, a share
-  ``phase_fraction`` multiplied by a smooth random phase map within +-``phase_radians`` on a coarse grid drawn
+  ``contrast_fraction`` with their magnitude remapped (exponent in ``contrast_gamma``), a share ``phase_fraction``
+  multiplied by a smooth random phase map within +-``phase_radians`` on a coarse grid drawn
   from ``phase_grids``);
   ``crop``; with ``random_crop`` training slices are
   cropped at a new random position per draw and validation slices stay whole); split by ``train_range``/``val_range``,
@@ -100,6 +101,10 @@ class DataConfig:
     #: log-uniform in ``smooth_range`` (fractions of the matrix; default [0.2, 0.6]).
     smooth_fraction: float = 0.0
     smooth_range: list[float] | None = None
+    #: Share of the scanner simulation's images whose magnitude gets a random intensity remap (0 = none): a power
+    #: curve with exponent log-uniform in ``contrast_gamma`` (default [0.5, 2]) times a slow ripple, phase kept.
+    contrast_fraction: float = 0.0
+    contrast_gamma: list[float] | None = None
     #: Share of the scanner simulation's images multiplied by a smooth random phase map within +-``phase_radians``.
     phase_fraction: float = 0.0
     phase_radians: float = math.pi
@@ -233,13 +238,14 @@ class DataConfig:
             "coil_kspace",
             "noise_range",
             "smooth_range",
+            "contrast_gamma",
             "phase_grids",
         )
         if self.simulation != "scanner":
             for key in scanner_keys:
                 if getattr(self, key) is not None:
                     raise _fail(s, key, 'only used with simulation = "scanner"')
-            for key in ("smooth_fraction", "phase_fraction"):
+            for key in ("smooth_fraction", "contrast_fraction", "phase_fraction"):
                 if getattr(self, key) != 0:
                     raise _fail(s, key, 'only used with simulation = "scanner"')
             return
@@ -255,13 +261,24 @@ class DataConfig:
             pair = getattr(self, key)
             if pair is not None and (len(pair) != 2 or not lo <= pair[0] <= pair[1]):
                 raise _fail(s, key, f"expected [low, high] with {lo} <= low <= high, got {pair}")
-        for key in ("real_map_fraction", "single_coil_fraction", "smooth_fraction", "phase_fraction"):
+        fractions = (
+            "real_map_fraction",
+            "single_coil_fraction",
+            "smooth_fraction",
+            "contrast_fraction",
+            "phase_fraction",
+        )
+        for key in fractions:
             if not 0 <= getattr(self, key) <= 1:
                 raise _fail(s, key, f"must be in [0, 1], got {getattr(self, key)}")
         if self.smooth_range is not None and (
             len(self.smooth_range) != 2 or not 0 < self.smooth_range[0] <= self.smooth_range[1]
         ):
             raise _fail(s, "smooth_range", f"expected [low, high] with 0 < low <= high, got {self.smooth_range}")
+        if self.contrast_gamma is not None and (
+            len(self.contrast_gamma) != 2 or not 0 < self.contrast_gamma[0] <= self.contrast_gamma[1]
+        ):
+            raise _fail(s, "contrast_gamma", f"expected [low, high] with 0 < low <= high, got {self.contrast_gamma}")
         if not (math.isfinite(self.phase_radians) and self.phase_radians > 0):
             raise _fail(s, "phase_radians", f"must be a positive number of radians, got {self.phase_radians}")
         grids = self.phase_grids

@@ -119,9 +119,9 @@ def resolve_bf16(setting: bool | str, device: torch.device) -> bool:
         return bool(setting)
     if device.type == "cuda":
         return True
-    from recon_plugin.reconstructors.fast_paths import cpu_has_native_bf16
+    from recon_plugin import cpu_features
 
-    return cpu_has_native_bf16()
+    return cpu_features.native_bf16()
 
 
 def resolve_channels_last(setting: bool | str, bf16: bool) -> bool:

@@ -140,6 +140,8 @@ def scanner_simulation(d: DataConfig) -> ScannerSimulation | None:
         sources=[Path(p).name for p in d.coil_kspace or []],
         smooth_fraction=d.smooth_fraction,
         smooth_range=tuple(d.smooth_range or (0.2, 0.6)),  # type: ignore[arg-type]
+        contrast_fraction=d.contrast_fraction,
+        contrast_gamma=tuple(d.contrast_gamma or (0.5, 2.0)),  # type: ignore[arg-type]
         phase_fraction=d.phase_fraction,
         phase_radians=d.phase_radians,
         phase_grids=tuple(d.phase_grids or (4,)),

@@ -288,6 +288,9 @@ class ImageArraySlices:
             smooth = sim.draw_smoothing(rng)
             if smooth is not None:
                 img = kspace_taper(img, smooth)
+            remapped = sim.draw_contrast(img, rng)
+            if remapped is not None:
+                img = remapped
             phase = sim.draw_phase(img.shape, rng)
             if phase is not None:
                 img = (img * np.exp(1j * phase)).astype(np.complex64)
@@ -311,7 +314,15 @@ class ImageArraySlices:
             masks.append(mask)
             maps_used.append(used)
             draws.append(
-                {**info, "coils": coils, "maps": kind, "noise": level, "smooth": smooth, "phase": phase is not None}
+                {
+                    **info,
+                    "coils": coils,
+                    "maps": kind,
+                    "noise": level,
+                    "smooth": smooth,
+                    "contrast": remapped is not None,
+                    "phase": phase is not None,
+                }
             )
         self.last_draws = draws
         mask_t = torch.from_numpy(np.stack(masks))

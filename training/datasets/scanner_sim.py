@@ -14,6 +14,11 @@ example here from a seeded ``numpy`` Generator:
   taper of random width before anything is simulated, so that the network also sees images whose spectrum
   falls off as fast as that of real scans (the SIAT training slices carry more of their energy in the outer
   k-space than the real brains do).
+* **Contrast** (optional, ``contrast_fraction``): a share of the images gets a random intensity remap of its
+  magnitude (:func:`contrast_remap`: a power curve with exponent log-uniform in ``contrast_gamma`` times a slow
+  ripple, so neighbouring tissues can change order), phase kept. The SIAT slices are all T2-weighted from one site;
+  the real brains are T1 (MPRAGE), gradient-echo and others, and the default's deficit against CS-Wavelet on them
+  lies inside the object, not in the background.
 * **Phase** (optional, ``phase_fraction``): a share of the images is multiplied by a smooth random phase map
   (:func:`recon_plugin.simulate.smooth_phase`, within +-``phase_radians``, on a coarse grid drawn from
   ``phase_grids``: 4 varies over about a quarter of the matrix, 16 over a sixteenth). The SIAT slices are nearly real
@@ -267,6 +272,21 @@ def kspace_taper(img: np.ndarray, sigma: float) -> np.ndarray:
     return ifft2c(fft2c(img) * weight).astype(np.complex64)
 
 
+def contrast_remap(img: np.ndarray, gamma: float, ripple: float, cycles: float, offset: float) -> np.ndarray:
+    """``img`` (complex) with its magnitude m (scaled to max 1) mapped to m**gamma * (1 + ripple * sin(2 pi cycles
+    m + offset)) / (1 + ripple), back at the original maximum; the phase is kept and zero stays zero. ``ripple`` in
+    [0, 1): 0 gives a plain power curve (monotone); larger values let intensities change order."""
+    if not 0 <= ripple < 1 or gamma <= 0:
+        raise InvalidInputError(f"contrast_remap needs gamma > 0 and ripple in [0, 1), got {gamma}, {ripple}")
+    mag = np.abs(img)
+    peak = float(mag.max())
+    if peak == 0:
+        return img.astype(np.complex64)
+    m = mag / peak
+    mapped = m**gamma * (1 + ripple * np.sin(2 * np.pi * cycles * m + offset)) / (1 + ripple)
+    return (img * np.divide(mapped * peak, mag, out=np.zeros_like(mag), where=mag > 0)).astype(np.complex64)
+
+
 @dataclass
 class ScannerSimulation:
     """Everything drawn per example for scanner-like training data (see the module docstring)."""
@@ -280,6 +300,8 @@ class ScannerSimulation:
     sources: list[str] = field(default_factory=list)
     smooth_fraction: float = 0.0
     smooth_range: tuple[float, float] = (0.2, 0.6)
+    contrast_fraction: float = 0.0
+    contrast_gamma: tuple[float, float] = (0.5, 2.0)
     phase_fraction: float = 0.0
     phase_radians: float = math.pi
     phase_grids: tuple[int, ...] = (4,)
@@ -296,6 +318,13 @@ class ScannerSimulation:
         lo, hi = self.smooth_range
         if not 0 < lo <= hi:
             raise InvalidInputError(f"smooth_range must be [low, high] with 0 < low <= high, got {self.smooth_range}")
+        if not 0 <= self.contrast_fraction <= 1:
+            raise InvalidInputError(f"contrast_fraction must be in [0, 1], got {self.contrast_fraction}")
+        lo, hi = self.contrast_gamma
+        if not 0 < lo <= hi:
+            raise InvalidInputError(
+                f"contrast_gamma must be [low, high] with 0 < low <= high, got {self.contrast_gamma}"
+            )
         lo, hi = self.noise_range
         if not 0 <= lo <= hi:
             raise InvalidInputError(f"noise_range must be [low, high] with 0 <= low <= high, got {self.noise_range}")
@@ -322,6 +351,16 @@ class ScannerSimulation:
             return None
         lo, hi = self.smooth_range
         return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+
+    def draw_contrast(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:
+        """``img`` through a random :func:`contrast_remap` (exponent log-uniform in ``contrast_gamma``, ripple in
+        [0, 0.6], 0.5-2 cycles, any offset), or None (nothing drawn when ``contrast_fraction`` is 0)."""
+        if self.contrast_fraction <= 0 or rng.random() >= self.contrast_fraction:
+            return None
+        lo, hi = self.contrast_gamma
+        gamma = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+        ripple, cycles, offset = rng.uniform(0, 0.6), rng.uniform(0.5, 2.0), rng.uniform(0, 2 * np.pi)
+        return contrast_remap(img, gamma, float(ripple), float(cycles), float(offset))
 
     def draw_phase(self, shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray | None:
         """A smooth random phase map (radians) for one image, or None (nothing drawn when ``phase_fraction`` is 0,
@@ -357,6 +396,16 @@ class ScannerSimulation:
                     "smoothing": "Gaussian k-space taper, sigma log-uniform in smooth_range (fractions of the matrix)",
                 }
                 if self.smooth_fraction > 0
+                else {}
+            ),
+            **(
+                {
+                    "contrast_fraction": self.contrast_fraction,
+                    "contrast_gamma": list(self.contrast_gamma),
+                    "contrast": "magnitude m -> m**gamma (1 + r sin(2 pi c m + o)) / (1 + r), gamma log-uniform in "
+                    "contrast_gamma, r in [0, 0.6], c in [0.5, 2]; phase kept",
+                }
+                if self.contrast_fraction > 0
                 else {}
             ),
             **(
