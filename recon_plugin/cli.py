@@ -9,7 +9,14 @@ from typing import Annotated, NoReturn
 import typer
 from rich.table import Table
 
-from .cli_options import SERVER_PORT, acceleration_factor, byte_size, positive_seconds, root_callback
+from .cli_options import (
+    SERVER_PORT,
+    acceleration_factor,
+    byte_size,
+    model_choice,
+    positive_seconds,
+    root_callback,
+)
 from .console import configure_logging, make_console
 from .errors import ReconError
 
@@ -34,6 +41,13 @@ def _fail(exc: ReconError | OSError, what: str = "") -> NoReturn:
 MAX_BUFFER_HELP = (
     "at most this much memory for one exam's k-space buffers in each gadget (8G, 512M...; default: 16G, and never "
     "more than a quarter of the memory available); sets RECON_MAX_BUFFER for the gadgets"
+)
+
+
+#: ``--model`` of ``demo`` and ``replay``: the rgancs gadget's ``model`` property, set on top of the protocol.
+MODEL_HELP = (
+    "which multi-coil bundle the rgancs gadgets load: auto (this device's default), accurate (the default model) or "
+    "fast (the one-block bundle); sets their model property over the protocol's (default: the protocol's)"
 )
 
 
@@ -96,6 +110,7 @@ def demo(
     acceleration: Annotated[float, typer.Option(help="acceleration (>= 1)", callback=acceleration_factor)] = 5.0,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     raw: Annotated[bool, typer.Option(help="also replay the sample 3D raw file through side_by_side.xml")] = True,
+    model: Annotated[str | None, typer.Option(help=MODEL_HELP, callback=model_choice)] = None,
 ) -> None:
     """Undersample the bundled sample slices, reconstruct with zero-filled, RGANCS, BART CS-Wavelet and CS-TV,
     report SNR/SSIM; then replay the sample 3D ISMRMRD file through the side-by-side protocol (zero-filled,
@@ -103,7 +118,7 @@ def demo(
     from .demo import run_demo
 
     try:
-        rows = run_demo(out, bundle, family, acceleration, device=device)
+        rows = run_demo(out, bundle, family, acceleration, device=device, model=model or "auto")
     except ReconError as exc:
         _fail(exc)
     table = Table(title=f"demo: {family} mask at {acceleration:g}x, held-out Colin27 slices")
@@ -132,6 +147,7 @@ def demo(
             png=out / "brain3d_png",
             overwrite=True,  # like the demo's other outputs in OUT
             json_out=out / "brain3d_side_by_side.json",
+            model=model,
         )
 
 
@@ -165,27 +181,34 @@ def replay(
     max_buffer: Annotated[
         int | None, typer.Option(help=MAX_BUFFER_HELP, parser=byte_size, metavar="BYTES", show_default=False)
     ] = None,
+    model: Annotated[str | None, typer.Option(help=MODEL_HELP, callback=model_choice)] = None,
 ) -> None:
     """Replay an ISMRMRD file through a protocol's gadgets, exactly as Gadgetron runs them."""
     _apply_max_buffer(max_buffer)
+    from .gadget_targets import PROJECT_MODULE
     from .preview import series_comparison
     from .protocols_cli import resolve_protocol
     from .replay import (
         check_output_folder,
         format_summary,
         format_timings,
+        load_protocol,
         partial_path,
         read_images,
         replay_file,
+        set_gadget_property,
         summary_json,
     )
 
     try:
         if dicom is not None:
             check_output_folder(dicom, "--dicom")
+        parsed = load_protocol(resolve_protocol(protocol))
+        if model is not None:
+            parsed = set_gadget_property(parsed, PROJECT_MODULE, "rgancs", "model", model)
         summary = replay_file(
             input_h5,
-            resolve_protocol(protocol),
+            parsed,
             out,
             png_dir=png,
             timeout=timeout,

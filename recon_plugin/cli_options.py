@@ -46,6 +46,22 @@ def byte_size(text: str | int) -> int:
         raise typer.BadParameter(str(exc)) from None
 
 
+def model_choice(value: str | None) -> str | None:
+    """The rgancs gadget's ``model`` property: ``auto``, ``accurate`` or ``fast`` (None passes: "not given")."""
+    if value is None:
+        return None
+    import difflib
+
+    from .gadget_settings import MODEL_CHOICES
+
+    choice = value.strip().lower()
+    if choice not in MODEL_CHOICES:
+        close = difflib.get_close_matches(choice, MODEL_CHOICES, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise typer.BadParameter(f"{value!r} is not a model{hint}: give one of {', '.join(MODEL_CHOICES)}")
+    return choice
+
+
 def root_callback(prog: str, doc: str) -> Callable[..., None]:
     """The app callback both command lines share: eager ``--version`` (``PROG VERSION (rgancs-recon-plugin)``) and
     ``-v/--verbose`` (counted: INFO, then DEBUG); register it with ``app.callback()(root_callback(...))``."""

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import BartNotFoundError
+from .errors import BartNotFoundError, InvalidInputError
 from .masks import make_mask, write_mask_files
 from .metrics import all_metrics
 from .preview import image_grid
@@ -41,15 +41,18 @@ def run_demo(
     seed: int = 0,
     device: str | None = None,
     cs: bool = True,
+    model: str = "auto",
 ) -> list[DemoRow]:
     """Reconstruct the held-out sample slices with zero-filled, RGANCS (``bundle``, default: the gadgets' bundle for
-    ``device``) and, with ``cs`` and BART installed, BART CS-Wavelet and CS-TV at their tuned lambdas; write PNG,
-    mask and JSON to ``out``. Without BART the CS rows are left out with a warning. The bundle and the mask are
-    checked before anything is written: a bad one leaves ``out`` as it was."""
+    ``device`` and ``model``, their ``model`` property) and, with ``cs`` and BART installed, BART CS-Wavelet and
+    CS-TV at their tuned lambdas; write PNG, mask and JSON to ``out``. Without BART the CS rows are left out with a
+    warning. The bundle and the mask are checked before anything is written: a bad one leaves ``out`` as it was."""
     from .pipeline import default_rgancs
 
     # loads and checks the bundle(s); without one, the gadgets' default routing by coil count
-    rgancs = default_rgancs(device or "auto") if bundle is None else RGANCS(bundle, device=device)
+    if bundle is not None and model != "auto":
+        raise InvalidInputError(f"a bundle ({bundle}) and model={model} both name a bundle; give one of them")
+    rgancs = default_rgancs(device or "auto", model=model) if bundle is None else RGANCS(bundle, device=device)
     _, slices = split_held_out(load_colin_slices())
     mask_result = make_mask(family, slices.shape[1:], acceleration, seed=seed)
     methods: list[Reconstructor] = [ZeroFilled(), rgancs]

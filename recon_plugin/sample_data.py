@@ -42,12 +42,14 @@ WEIGHTS_DIR = packaged_dir("weights", SAMPLE_DIR / "weights")
 #: The shipped Gadgetron protocols: ``recon_plugin/protocols`` in a wheel install, ``protocols`` in a checkout.
 PROTOCOLS_DIR = packaged_dir("protocols", _CHECKOUT / "protocols")
 #: The shipped default for multi-coil slices (docs/model_study.md): 10x3x32 with cg data consistency and one
-#: proximal per copy (independent weights), the final bundle of the campaign campaigns/cg_10x3x32i_mc_contrast2:
-#: the three-block default of 2026-12-06 (``DEEP_BUNDLE``) trained on in two stages (600 + 900 steps) with a random
-#: contrast given to half, then 70 %, of the training images (scanner-like data, 1-32 coils, both SIAT sets, the
-#: real scans' smooth image phase).
+#: proximal per copy (independent weights), the step-422 bundle of the campaign campaigns/cg_10x3x32i_mc_contrast3
+#: (its best real-data validation): the three-block default of 2026-12-06 (``DEEP_BUNDLE``) trained on in three
+#: stages (600 + 900 + 422 steps) with a random contrast given to half, then 70 %, then 90 % of the training images
+#: (scanner-like data, 1-32 coils, both SIAT sets, the real scans' smooth image phase).
 #: The gadgets, ``recon-plugin demo``, ``recon-plugin bench`` and ``recon-train eval`` load it.
-DEFAULT_BUNDLE = WEIGHTS_DIR / "rgancs_cg_10x3x32i_mc_contrast2"
+DEFAULT_BUNDLE = WEIGHTS_DIR / "rgancs_cg_10x3x32i_mc_contrast3"
+#: The default on 2026-12-07 before the third contrast stage (campaigns/cg_10x3x32i_mc_contrast2, step 900).
+CONTRAST2_BUNDLE = WEIGHTS_DIR / "rgancs_cg_10x3x32i_mc_contrast2"
 #: The default from 2026-12-06 to 2026-12-07 (the same architecture, before the contrast stages): the two-block
 #: default (``TWO_BLOCK_BUNDLE``) deepened to three residual blocks per copy and trained 1200 steps
 #: (campaigns/cg_10x3x32i_mc_deep).

@@ -38,7 +38,7 @@ from ..kspace import check_header_memory
 from ..timings import RECON_STAGE, stage_seconds
 from .dataset import RawData, check_output_folder, check_output_path, read_images, read_raw, write_images, write_pngs
 from .external import DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT, ExternalRun, Message, attach_results, run_external
-from .protocol import ExternalStep, ParallelStep, Protocol, Step, load_protocol
+from .protocol import ExternalStep, ParallelStep, Protocol, Step, load_protocol, set_gadget_property
 from .signals import ReplayTerminated, stop_children_on_signals
 from .streams import ParallelRun, RunOptions, StreamRun, input_consumers, run_parallel, run_stream
 from .timing import ExamTiming, exam_timings, format_timings
@@ -75,6 +75,7 @@ __all__ = [
     "run_external",
     "run_parallel",
     "run_stream",
+    "set_gadget_property",
     "summary_json",
     "write_images",
     "write_pngs",
@@ -121,6 +122,7 @@ class ReplaySummary:
     series: list[SeriesSummary] = field(default_factory=list)
     pngs: list[Path] = field(default_factory=list)
     timings: list[ExamTiming] = field(default_factory=list)
+    overrides: tuple[str, ...] = ()
 
     @property
     def images(self) -> int:
@@ -250,6 +252,7 @@ def replay_file(
         series=_summarise(labelled),
         pngs=pngs,
         timings=exam_timings(result),
+        overrides=protocol.overrides,
     )
 
 
@@ -352,6 +355,7 @@ def summary_json(summary: ReplaySummary) -> dict[str, Any]:
     return {
         "input": str(summary.input),
         "protocol": None if summary.protocol is None else str(summary.protocol),
+        "protocol_overrides": list(summary.overrides),
         "output": str(summary.output),
         "acquisitions": summary.acquisitions,
         "waveforms": summary.waveforms,
@@ -384,8 +388,10 @@ def format_summary(summary: ReplaySummary) -> Table:
     reconstruction stage and ``stream s`` that stream's wall time, gadget start to exit (a reference series
     shows ``-``: it is the fully sampled image, not a reconstruction). The caption says which is which.
     """
+    set_on_top = f"; set: {', '.join(summary.overrides)}" if summary.overrides else ""
     table = Table(
-        title=f"replay {summary.input.name} -> {summary.output} ({summary.images} images, {summary.seconds:.1f} s)",
+        title=f"replay {summary.input.name} -> {summary.output} ({summary.images} images, {summary.seconds:.1f} s"
+        f"{set_on_top})",
         caption="recon s: the gadget's reconstruction of the series (its images' stage meta); stream s: the "
         "stream's wall time, gadget start to exit (loading the model, waiting for the data, sending included)",
     )

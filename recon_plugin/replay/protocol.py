@@ -15,7 +15,7 @@ from __future__ import annotations
 import difflib
 import logging
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..errors import ProtocolError
@@ -81,12 +81,14 @@ Step = ExternalStep | ParallelStep
 
 @dataclass(frozen=True)
 class Protocol:
-    """A parsed version-2 protocol: reader and writer classnames and the stream's steps."""
+    """A parsed version-2 protocol: reader and writer classnames and the stream's steps; ``overrides``: the
+    properties set on top of the file (:func:`set_gadget_property`), as ``module.target: name=value``."""
 
     path: Path | None
     readers: list[str]
     writers: list[str]
     steps: list[Step]
+    overrides: tuple[str, ...] = ()
 
 
 def load_protocol(source: str | Path | bytes) -> Protocol:
@@ -252,6 +254,46 @@ def _core_parallel_part(node: ET.Element, tag: str, allowed: frozenset[str], whe
             f"(supported: {', '.join(sorted(allowed))} from {CORE_PARALLEL_DLL}); {_NEEDS_SERVER}"
         )
     return classname
+
+
+def set_gadget_property(protocol: Protocol, module: str, target: str, name: str, value: str) -> Protocol:
+    """A copy of ``protocol`` whose every ``module.target`` gadget has property ``name`` = ``value`` (replaced
+    when the file sets it, added otherwise), in its parsed properties and in the CONFIG text it is sent.
+
+    Raises:
+        ProtocolError: the protocol has no such gadget (nothing would be set).
+    """
+    found = 0
+
+    def visit(steps: list[Step]) -> list[Step]:
+        nonlocal found
+        out: list[Step] = []
+        for step in steps:
+            if isinstance(step, ParallelStep):
+                out.append(replace(step, streams={key: visit(branch) for key, branch in step.streams.items()}))
+            elif step.module == module and step.target == target:
+                found += 1
+                out.append(_with_property(step, name, value))
+            else:
+                out.append(step)
+        return out
+
+    steps = visit(protocol.steps)
+    if not found:
+        where = protocol.path or "the protocol"
+        raise ProtocolError(f"{where} has no {module}.{target} gadget to set {name}={value} on")
+    return replace(protocol, steps=steps, overrides=(*protocol.overrides, f"{module}.{target}: {name}={value}"))
+
+
+def _with_property(step: ExternalStep, name: str, value: str) -> ExternalStep:
+    config = ET.fromstring(step.config_xml)
+    props = [p for p in config.iter("property") if p.get("name") == name]
+    if props:
+        for prop in props:
+            prop.set("value", value)
+    else:
+        ET.SubElement(config, "property", {"name": name, "value": value})
+    return replace(step, config_xml=serialize_configuration(config), properties={**step.properties, name: value})
 
 
 def serialize_configuration(config: ET.Element | None) -> bytes:
